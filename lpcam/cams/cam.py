@@ -1,0 +1,19 @@
+"""Classic CAM (Zhou et al. 2016) as IRN's ``make_cam`` computes it."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lpcam.cams.multiscale import merge_scales
+
+
+def cam_maps(feature_views: list[Tensor], weights: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, C, H, W) CAMs for every class from per-scale (V, B, D, h, w) features.
+
+    Per view ``ReLU(w_c · f)``; the views of a scale (image and flip) are summed, the scales
+    upsampled to ``size`` and summed, each map divided by its maximum.
+    """
+    per_scale = [F.relu(torch.einsum("vbdhw,cd->vbchw", f, weights)).sum(0) for f in feature_views]
+    return merge_scales(per_scale, size)

@@ -1,0 +1,44 @@
+"""LPCAM maps: cosine similarity of the unpooled features to each class's local prototypes."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lpcam.cams.aggregation import AggregationRule, official
+from lpcam.cams.multiscale import merge_scales
+from lpcam.prototypes.store import Prototypes
+
+
+def prototype_similarities(features: Tensor, prototypes: Tensor) -> Tensor:
+    """(B, P, h, w) cosine similarity of every position's feature to every prototype."""
+    return torch.einsum("bdhw,pd->bphw", F.normalize(features, dim=1), F.normalize(prototypes, dim=1))
+
+
+def lpcam_maps(
+    feature_views: list[Tensor],
+    prototypes: Prototypes,
+    size: tuple[int, int],
+    rule: AggregationRule = official,
+    classes: list[int] | None = None,
+) -> Tensor:
+    """(B, C, H, W) LPCAM maps from per-scale (V, B, D, h, w) features.
+
+    As in the official code, the features of a scale and its flip are summed before the
+    similarity. All prototypes of all classes are compared in one einsum; ``rule`` then reduces
+    each class's slice. ``classes`` limits the work to the classes present in the batch (the others
+    stay zero).
+    """
+    bank, fg_slices, bg_slices = prototypes.bank()
+    bank = bank.to(feature_views[0])
+    num_classes = len(fg_slices)
+    classes = range(num_classes) if classes is None else classes
+    per_scale = []
+    for views in feature_views:
+        sims = prototype_similarities(views.sum(0), bank)
+        out = sims.new_zeros(sims.shape[0], num_classes, *sims.shape[2:])
+        for c in classes:
+            out[:, c] = rule(sims[:, fg_slices[c]], sims[:, bg_slices[c]])
+        per_scale.append(out)
+    return merge_scales(per_scale, size)

@@ -1,0 +1,274 @@
+"""Seeded, capped, memory-bounded k-means for clustering local features into prototypes.
+
+LPCAM clusters the local features of one class (one feature vector per feature-map
+position; N up to ~1e5 rows of D = 64..2048 channels) into K prototypes. The official
+implementation runs a cosine k-means with random initialisation, no iteration cap, and
+broadcasts an N x K x D tensor to compute distances (several GB for ~5e4 features).
+
+This module keeps the official semantics that matter for the results -- assignment by
+cosine similarity, centres stored as plain means of the *raw* features -- while making
+the procedure:
+
+* reproducible: k-means++ initialisation driven by a ``torch.Generator`` seeded from
+  ``seed``, and deterministic tie-breaking everywhere;
+* bounded in time: at most ``max_iter`` Lloyd iterations, with a relative-shift
+  convergence test;
+* bounded in memory: rows are processed in chunks of ``chunk_size``, so the extra memory
+  is O(chunk_size * K) for distances (plus one chunk of converted rows) and O(K * D) for
+  centres and their running sums; N x K x D is never formed and the input is never
+  copied as a whole (float16/float64 inputs are converted to float32 chunk by chunk).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["KMeansResult", "kmeans"]
+
+Metric = Literal["cosine", "euclidean"]
+
+# Guards divisions by norms (zero feature vectors, zero centres).
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class KMeansResult:
+    """Outcome of :func:`kmeans`.
+
+    ``centres`` are exactly the means of the raw features whose ``labels`` point to them
+    (labels come from the last assignment step, centres from the update that followed),
+    so centres, labels and counts are mutually consistent and every cluster is
+    non-empty. ``inertia`` is measured from each point to the centre of its own label.
+    """
+
+    centres: Tensor  # (k, D) float32: plain means of the raw features of each cluster
+    labels: Tensor  # (N,) long
+    counts: Tensor  # (k,) long, points per cluster
+    iterations: int  # number of Lloyd (assign + update) steps performed
+    converged: bool  # True when the relative centre shift fell below ``tol``
+    inertia: float  # sum over points of the metric distance to their centre
+
+
+def kmeans(
+    x: Tensor,
+    k: int,
+    *,
+    metric: Metric = "cosine",
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    seed: int = 0,
+    chunk_size: int = 8192,
+) -> KMeansResult:
+    """Cluster the rows of ``x`` (N, D) into ``k`` centres.
+
+    Args:
+        x: (N, D) features, any real dtype; computation is done in float32 on ``x``'s
+            device. Not modified and not copied as a whole.
+        k: number of clusters. If N < k, k is reduced to N (each point becomes its own
+            cluster) instead of failing: a class with very few feature positions should
+            still yield prototypes.
+        metric: ``"cosine"`` assigns each point to the centre of highest cosine
+            similarity (distance ``1 - cos``), as in the official LPCAM code;
+            ``"euclidean"`` uses squared L2 distance. Either way the update stores the
+            plain mean of the raw (un-normalised) features, again as the official code
+            does, so feature magnitude still shapes the prototypes.
+        max_iter: cap on Lloyd iterations (the official code has none).
+        tol: stop when ``max_j ||c_new_j - c_old_j|| / (||c_old_j|| + eps) < tol``.
+        seed: seeds the k-means++ initialisation. The official code draws random
+            initial centres; k-means++ converges in fewer iterations, gives better
+            optima, and with an explicit generator is bit-reproducible.
+        chunk_size: rows processed at once; bounds extra memory to O(chunk_size * k).
+
+    Returns:
+        A :class:`KMeansResult`.
+
+    Raises:
+        ValueError: empty input, non-finite values, wrong shape or bad arguments.
+    """
+    _validate(x, k, metric, max_iter, tol, chunk_size)
+    with torch.no_grad():
+        x = x.detach()
+        n = x.shape[0]
+        k = min(k, n)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+
+        centres = _kmeans_plus_plus(x, k, metric, gen, chunk_size)
+        converged = False
+        iterations = 0
+        labels = torch.empty(0)
+        counts = torch.empty(0)
+        while iterations < max_iter:
+            iterations += 1
+            labels, dist, sums, counts = _assign(x, centres, metric, chunk_size)
+            if bool((counts == 0).any()):
+                _reseed_empty(x, labels, dist, sums, counts)
+            new = (sums / counts.unsqueeze(1).to(sums.dtype)).to(torch.float32)
+            shift = (new - centres).norm(dim=1) / (centres.norm(dim=1) + _EPS)
+            centres = new
+            if float(shift.max()) < tol:
+                converged = True
+                break
+
+        inertia = _inertia(x, centres, labels, metric, chunk_size)
+    return KMeansResult(
+        centres=centres,
+        labels=labels,
+        counts=counts,
+        iterations=iterations,
+        converged=converged,
+        inertia=inertia,
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _validate(x: Tensor, k: int, metric: str, max_iter: int, tol: float, chunk_size: int) -> None:
+    """Reject inputs that would otherwise fail obscurely (or silently give NaN centres)."""
+    if not isinstance(x, Tensor) or x.dim() != 2:
+        raise ValueError(f"kmeans expects a 2-D (N, D) tensor, got {getattr(x, 'shape', type(x))}")
+    if x.is_complex():
+        raise ValueError("kmeans expects real-valued features, got a complex tensor")
+    if x.shape[0] == 0:
+        raise ValueError("kmeans got an empty input (N == 0): there are no features to cluster")
+    if x.shape[1] == 0:
+        raise ValueError("kmeans got zero-dimensional features (D == 0)")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol!r}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    for _, xc in _chunks(x, chunk_size):
+        if not bool(torch.isfinite(xc).all()):
+            raise ValueError("kmeans input contains NaN or infinite values")
+
+
+def _chunks(x: Tensor, chunk_size: int) -> Iterator[tuple[int, Tensor]]:
+    """Yield (start, float32 rows) so that only one chunk is ever converted at a time."""
+    for start in range(0, x.shape[0], chunk_size):
+        yield start, x[start : start + chunk_size].to(torch.float32)
+
+
+def _prepare(centres: Tensor, metric: Metric) -> tuple[Tensor, Tensor | None]:
+    """Per-centre quantities reused by every chunk: unit centres, or centres and ||c||^2."""
+    if metric == "cosine":
+        return F.normalize(centres, dim=1, eps=_EPS), None
+    return centres, (centres * centres).sum(dim=1)
+
+
+def _chunk_dist(xc: Tensor, prepared: tuple[Tensor, Tensor | None], metric: Metric) -> Tensor:
+    """(chunk, k) distances; memory O(chunk * k) beyond the chunk itself."""
+    c, c_sq = prepared
+    dots = xc @ c.T
+    if metric == "cosine":
+        # Divide by the row norms instead of normalising the chunk (no chunk x D copy).
+        norms = torch.linalg.vector_norm(xc, dim=1).clamp_min(_EPS)
+        return (1.0 - dots / norms.unsqueeze(1)).clamp_min_(0.0)
+    x_sq = torch.linalg.vector_norm(xc, dim=1).square()
+    return (x_sq.unsqueeze(1) - 2.0 * dots + c_sq.unsqueeze(0)).clamp_min_(0.0)
+
+
+def _assign(
+    x: Tensor, centres: Tensor, metric: Metric, chunk_size: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One pass: nearest centre per point, its distance, and per-cluster sums and counts.
+
+    Sums are accumulated in float64 in row order, so the result does not depend on
+    ``chunk_size`` beyond last-bit matmul effects. Ties go to the lowest centre index.
+    """
+    n, d = x.shape
+    k = centres.shape[0]
+    prepared = _prepare(centres, metric)
+    labels = torch.empty(n, dtype=torch.long, device=x.device)
+    dist = torch.empty(n, dtype=torch.float32, device=x.device)
+    sums = torch.zeros(k, d, dtype=torch.float64, device=x.device)
+    for start, xc in _chunks(x, chunk_size):
+        dmin, lab = _chunk_dist(xc, prepared, metric).min(dim=1)
+        labels[start : start + xc.shape[0]] = lab
+        dist[start : start + xc.shape[0]] = dmin
+        sums.index_add_(0, lab, xc.to(torch.float64))
+    counts = torch.bincount(labels, minlength=k)
+    return labels, dist, sums, counts
+
+
+def _reseed_empty(x: Tensor, labels: Tensor, dist: Tensor, sums: Tensor, counts: Tensor) -> None:
+    """Give each empty cluster the point currently farthest from its centre (in place).
+
+    The point is moved out of its old cluster (sums/counts updated), so the new centre
+    is that point and the old cluster's mean stays exact. Only points from clusters with
+    more than one member qualify, so no cluster is emptied in turn; because N >= k such a
+    cluster always exists. Empty clusters are handled in index order and argmax returns
+    the first maximum, so the choice is deterministic.
+    """
+    for j in torch.nonzero(counts == 0).flatten().tolist():
+        candidates = torch.where(counts[labels] > 1, dist, torch.full_like(dist, -1.0))
+        i = int(candidates.argmax())
+        old = int(labels[i])
+        point = x[i].to(torch.float64)
+        sums[old] -= point
+        counts[old] -= 1
+        sums[j] = point
+        counts[j] = 1
+        labels[i] = j
+        dist[i] = 0.0  # now sits on its own centre; never picked twice
+
+
+def _kmeans_plus_plus(x: Tensor, k: int, metric: Metric, gen: torch.Generator, chunk_size: int) -> Tensor:
+    """k-means++ seeding under ``metric``, driven only by the CPU generator ``gen``.
+
+    Each new centre is a data point drawn with probability proportional to its distance
+    to the nearest chosen centre. For cosine, ``1 - cos`` equals half the squared chord
+    between unit vectors, so this is the usual D^2 weighting on the sphere. Only an (N,)
+    running minimum is kept. If every remaining weight is zero (fewer distinct points
+    than k), a point is drawn uniformly; the resulting duplicate centre is then fixed by
+    empty-cluster re-seeding.
+    """
+    n, d = x.shape
+    centres = torch.empty(k, d, dtype=torch.float32, device=x.device)
+    idx = int(torch.randint(n, (1,), generator=gen))
+    centres[0] = x[idx].to(torch.float32)
+    mind = _dist_to_one(x, centres[0:1], metric, chunk_size)
+    for c in range(1, k):
+        w = mind.to(device="cpu", dtype=torch.float64)
+        u = float(torch.rand((), generator=gen, dtype=torch.float64))
+        cum = torch.cumsum(w, dim=0)
+        total = float(cum[-1])
+        if total > 0.0:
+            idx = int(torch.searchsorted(cum, torch.tensor([u * total], dtype=torch.float64), right=True))
+            # Guard u * total rounding to the end: take the last point with positive weight.
+            idx = min(idx, int(torch.nonzero(w > 0).max()))
+        else:
+            idx = min(int(u * n), n - 1)
+        centres[c] = x[idx].to(torch.float32)
+        mind = torch.minimum(mind, _dist_to_one(x, centres[c : c + 1], metric, chunk_size))
+    return centres
+
+
+def _dist_to_one(x: Tensor, centre: Tensor, metric: Metric, chunk_size: int) -> Tensor:
+    """(N,) distances from every point to a single (1, D) centre."""
+    prepared = _prepare(centre, metric)
+    out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+    for start, xc in _chunks(x, chunk_size):
+        out[start : start + xc.shape[0]] = _chunk_dist(xc, prepared, metric)[:, 0]
+    return out
+
+
+def _inertia(x: Tensor, centres: Tensor, labels: Tensor, metric: Metric, chunk_size: int) -> float:
+    """Sum of metric distances from each point to the centre of its label (float64 sum)."""
+    prepared = _prepare(centres, metric)
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for start, xc in _chunks(x, chunk_size):
+        lab = labels[start : start + xc.shape[0]]
+        dist = _chunk_dist(xc, prepared, metric).gather(1, lab.unsqueeze(1))
+        total += dist.to(torch.float64).sum()
+    return float(total)

@@ -1,0 +1,97 @@
+"""The prototypes of one classifier: what LPCAM needs at test time, saved as a versioned file."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+FORMAT_VERSION = 1
+
+
+class IncompatiblePrototypes(ValueError):
+    """A prototypes file built for another backbone, layer or class set."""
+
+
+@dataclass
+class Prototypes:
+    """Per foreground class: class prototypes (P_c, D) and context prototypes (Q_c, D).
+
+    ``meta`` records how they were built (backbone, layer, feature dim, class names, dataset, K, τ,
+    μ, …) so that a file given on the command line can be checked against the run that uses it;
+    ``stats`` keeps per-class diagnostics (pool sizes, halo share, centre scores).
+    """
+
+    class_protos: list[Tensor]
+    context_protos: list[Tensor]
+    meta: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+
+    def bank(self) -> tuple[Tensor, list[slice], list[slice]]:
+        """All prototypes stacked in one (P, D) tensor, with each class's class/context slices."""
+        rows, fg, bg, start = [], [], [], 0
+        for cp, xp in zip(self.class_protos, self.context_protos):
+            rows += [cp, xp]
+            fg.append(slice(start, start + len(cp)))
+            bg.append(slice(start + len(cp), start + len(cp) + len(xp)))
+            start += len(cp) + len(xp)
+        return torch.cat(rows), fg, bg
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        names = self.meta.get("class_names") or [str(i) for i in range(len(self.class_protos))]
+        return {
+            n: {"class": len(cp), "context": len(xp)}
+            for n, cp, xp in zip(names, self.class_protos, self.context_protos)
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "class_protos": [p.cpu() for p in self.class_protos],
+            "context_protos": [p.cpu() for p in self.context_protos],
+            "meta": self.meta,
+            "stats": self.stats,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "<dict>") -> "Prototypes":
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            raise IncompatiblePrototypes(
+                f"{source}: prototypes format version {version}, this lpcam reads {FORMAT_VERSION}; rebuild them"
+            )
+        return cls(d["class_protos"], d["context_protos"], d.get("meta", {}), d.get("stats", {}))
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (temporary file, then rename): an interrupted save leaves no half file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(self.to_dict(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Prototypes":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"lpcam.prototypes_path={path}: no such file")
+        d = torch.load(path, map_location="cpu", weights_only=False)
+        if "lpcam_prototypes" in d:  # a checkpoint that carries them
+            d = d["lpcam_prototypes"]
+        return cls.from_dict(d, str(path))
+
+    def check_compatible(self, backbone: str, layer: str, dim: int, class_names: Sequence[str], source: str) -> None:
+        """Refuse prototypes built for another feature space or class set, naming what differs."""
+        expected = {"backbone": backbone, "layer": layer, "dim": dim, "class_names": list(class_names)}
+        for key, want in expected.items():
+            got = self.meta.get(key)
+            if got != want:
+                raise IncompatiblePrototypes(
+                    f"{source}: prototypes were built with {key}={got!r} but this run has {key}={want!r}; "
+                    f"build them for this run (drop lpcam.prototypes_path) or use a matching backbone/dataset"
+                )

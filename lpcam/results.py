@@ -1,0 +1,63 @@
+"""The ``results.json`` contract (schema 1, see shared/DESIGN.md) and its delivery to loggers."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+from pathlib import Path
+
+import torch
+from pytorch_lightning.loggers import Logger, WandbLogger
+
+SCHEMA = 1
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (and the GPU's peak allocation when there is one)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    if torch.cuda.is_available():
+        peak = max(peak, torch.cuda.max_memory_allocated() / 2**20)
+    return round(peak, 1)
+
+
+def write_json(data: dict, path: str | Path) -> Path:
+    """Write atomically, so a reader (a sweep report) never sees half a file."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def summary_metrics(results: dict) -> dict[str, float]:
+    """Flat scalars for loggers: ``<method>/<best|default>_<metric>``, prototype counts, timings."""
+    flat: dict[str, float] = {}
+    for method, r in results["methods"].items():
+        for which in ("best", "default"):
+            for key, value in r[which].items():
+                if value is not None:
+                    flat[f"{method}/{which}_{key}"] = value
+        for part, value in r.get("part_recall", {}).items():
+            if value is not None:
+                flat[f"{method}/part_recall_{part}"] = value
+    counts = results["lpcam"]["prototypes"].values()
+    flat["prototypes/class"] = sum(c["class"] for c in counts)
+    flat["prototypes/context"] = sum(c["context"] for c in counts)
+    flat.update({f"time/{k}": v for k, v in results["timings_s"].items()})
+    return flat
+
+
+def log_results(loggers: list[Logger], results: dict, figure: Path | None) -> None:
+    """Scalars to every logger; the figure and a per-class IoU table where the logger has them."""
+    metrics = summary_metrics(results)
+    methods = list(results["methods"])
+    classes = list(results["methods"][methods[0]]["per_class_iou"])
+    for logger in loggers:
+        logger.log_metrics(metrics)
+        if isinstance(logger, WandbLogger):
+            if figure is not None:
+                logger.log_image(key="cams", images=[str(figure)])
+            rows = [[c, *(results["methods"][m]["per_class_iou"][c] for m in methods)] for c in classes]
+            logger.log_table(key="per_class_iou", columns=["class", *methods], data=rows)
+        logger.save()

@@ -1,0 +1,209 @@
+"""Tests for lpcam.prototypes.kmeans: recovery, cosine semantics, determinism, chunking, edge cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lpcam.prototypes.kmeans as km
+from lpcam.prototypes.kmeans import KMeansResult, kmeans
+
+
+def _blobs(n_per: int = 100, k: int = 3, dim: int = 8, std: float = 0.5, seed: int = 0):
+    """Well-separated Gaussian blobs with means 10 * e_i (distinct directions, so cosine separates them too)."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.zeros(k, dim)
+    means[torch.arange(k), torch.arange(k)] = 10.0
+    truth = torch.arange(k).repeat_interleave(n_per)
+    x = means[truth] + std * torch.randn(k * n_per, dim, generator=g)
+    perm = torch.randperm(k * n_per, generator=g)
+    return x[perm], truth[perm], means
+
+
+def _match(res: KMeansResult, truth: torch.Tensor, k: int) -> torch.Tensor:
+    """Map each true blob to the predicted cluster; assert it is a bijection and labels agree exactly."""
+    mapping = torch.tensor([int(torch.mode(res.labels[truth == t]).values) for t in range(k)])
+    assert sorted(mapping.tolist()) == list(range(k))
+    assert torch.equal(mapping[truth], res.labels)
+    return mapping
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_recovers_blobs(metric):
+    x, truth, means = _blobs()
+    res = kmeans(x, 3, metric=metric, seed=0)
+    mapping = _match(res, truth, 3)
+    assert res.converged is True
+    assert 1 <= res.iterations < 100
+    assert res.centres.dtype == torch.float32 and res.centres.shape == (3, 8)
+    assert res.labels.dtype == torch.long
+    assert res.counts.tolist() == [100, 100, 100]
+    # Centres are the raw means: exactly the empirical blob means, and close to the true ones.
+    for t in range(3):
+        emp = x[truth == t].mean(dim=0)
+        torch.testing.assert_close(res.centres[mapping[t]], emp, atol=1e-5, rtol=1e-5)
+        assert float((res.centres[mapping[t]] - means[t]).norm()) < 0.25
+
+
+def test_euclidean_inertia_matches_definition_and_sklearn():
+    from sklearn.cluster import KMeans
+
+    x, _, _ = _blobs(n_per=120, k=5, dim=8, std=1.0, seed=3)
+    res = kmeans(x, 5, metric="euclidean", seed=0)
+    # Reported inertia = sum of squared distances to own centre.
+    direct = ((x.double() - res.centres.double()[res.labels]) ** 2).sum().item()
+    assert res.inertia == pytest.approx(direct, rel=1e-5)
+    sk = KMeans(n_clusters=5, n_init=1, random_state=0).fit(x.numpy().astype(np.float64))
+    assert res.inertia <= sk.inertia_ * 1.01
+    assert res.inertia == pytest.approx(sk.inertia_, rel=0.01)
+
+
+def test_cosine_groups_by_direction_but_centre_is_raw_mean():
+    u = torch.tensor([1.0, 0.0, 0.0])
+    v = torch.tensor([0.0, 0.6, 0.8])
+    x = torch.stack([5 * u, 0.5 * u, 5 * v, 0.5 * v, 2 * u])
+    res = kmeans(x, 2, metric="cosine", seed=0)
+    assert res.labels[0] == res.labels[1] == res.labels[4]
+    assert res.labels[2] == res.labels[3]
+    assert res.labels[0] != res.labels[2]
+    cu, cv = res.centres[res.labels[0]], res.centres[res.labels[2]]
+    # Raw means, not means of unit vectors: (5 + 0.5 + 2) / 3 = 2.5 along u; 2.75 along v.
+    torch.testing.assert_close(cu, torch.tensor([2.5, 0.0, 0.0]))
+    torch.testing.assert_close(cv, torch.tensor([0.0, 1.65, 2.2]))
+    assert sorted(res.counts.tolist()) == [2, 3]
+    assert res.inertia == pytest.approx(0.0, abs=1e-5)  # every point is parallel to its centre
+    assert res.converged
+
+
+def test_cosine_inertia_is_sum_of_one_minus_cos():
+    x, _, _ = _blobs(seed=5)
+    res = kmeans(x, 3, metric="cosine", seed=2)
+    cos = torch.nn.functional.cosine_similarity(x, res.centres[res.labels], dim=1)
+    assert res.inertia == pytest.approx(float((1 - cos).sum()), rel=1e-4, abs=1e-4)
+
+
+def test_deterministic_same_seed_and_other_seed_still_recovers():
+    x, truth, _ = _blobs(seed=1)
+    a = kmeans(x, 3, seed=7)
+    b = kmeans(x, 3, seed=7)
+    assert torch.equal(a.centres, b.centres)
+    assert torch.equal(a.labels, b.labels)
+    assert torch.equal(a.counts, b.counts)
+    assert a.iterations == b.iterations and a.inertia == b.inertia
+    c = kmeans(x, 3, seed=8)
+    _match(c, truth, 3)
+    # Seeding matters: the initial draw differs between seeds (cluster numbering may too).
+    g7, g8 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(8)
+    assert not torch.equal(km._kmeans_plus_plus(x, 3, "cosine", g7, 64), km._kmeans_plus_plus(x, 3, "cosine", g8, 64))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_chunking_does_not_change_result(metric):
+    x, _, _ = _blobs(n_per=50, k=4, dim=6, std=2.0, seed=2)
+    small = kmeans(x, 4, metric=metric, seed=3, chunk_size=7)
+    big = kmeans(x, 4, metric=metric, seed=3, chunk_size=100000)
+    assert torch.equal(small.labels, big.labels)
+    torch.testing.assert_close(small.centres, big.centres, atol=1e-6, rtol=0)
+    assert small.iterations == big.iterations
+    assert small.inertia == pytest.approx(big.inertia, rel=1e-6)
+
+
+def test_fewer_points_than_k_reduces_k():
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0]])
+    res = kmeans(x, 12, seed=0)
+    assert res.centres.shape == (3, 2)
+    assert res.counts.tolist() == [1, 1, 1]
+    assert sorted(res.labels.tolist()) == [0, 1, 2]
+    torch.testing.assert_close(res.centres[res.labels], x)
+    assert res.inertia == pytest.approx(0.0, abs=1e-6)
+
+
+def test_single_point():
+    res = kmeans(torch.tensor([[3.0, 4.0]]), 1)
+    torch.testing.assert_close(res.centres, torch.tensor([[3.0, 4.0]]))
+    assert res.labels.tolist() == [0] and res.converged
+
+
+def test_empty_input_raises():
+    with pytest.raises(ValueError, match="empty"):
+        kmeans(torch.empty(0, 4), 3)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_raises(bad):
+    x = torch.randn(20, 4)
+    x[13, 2] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        kmeans(x, 3, chunk_size=5)
+
+
+def test_bad_arguments_raise():
+    x = torch.randn(10, 3)
+    with pytest.raises(ValueError):
+        kmeans(x, 0)
+    with pytest.raises(ValueError):
+        kmeans(x, 2, metric="manhattan")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        kmeans(torch.randn(10), 2)
+
+
+def test_empty_cluster_reseeded_with_duplicates(monkeypatch):
+    # Two distinct points repeated, k=3: k-means++ must place a duplicate centre, which
+    # loses every tie and comes out empty, so re-seeding is exercised.
+    p, q = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    x = torch.stack([p] * 5 + [q] * 5)
+    calls = []
+    original = km._reseed_empty
+
+    def spy(*args):
+        calls.append(int((args[4] == 0).sum()))
+        return original(*args)
+
+    monkeypatch.setattr(km, "_reseed_empty", spy)
+    res = kmeans(x, 3, metric="euclidean", seed=0)
+    assert calls and calls[0] == 1
+    assert (res.counts > 0).all() and int(res.counts.sum()) == 10
+    # Every centre is one of the two points, both points are represented, and points
+    # sharing a label share a value.
+    for c in res.centres:
+        assert torch.equal(c, p) or torch.equal(c, q)
+    torch.testing.assert_close(res.centres[res.labels], x)
+    assert res.inertia == pytest.approx(0.0, abs=1e-6)
+
+
+def test_reseed_picks_farthest_point_and_moves_it():
+    x = torch.tensor([[0.0], [1.0], [4.0], [10.0], [11.0]])
+    labels = torch.tensor([0, 0, 0, 2, 2])
+    # distances of each point to its (old) centre; point 2 is farthest in a cluster with > 1 members
+    dist = torch.tensor([1.0, 0.5, 9.0, 0.25, 0.25])
+    sums = torch.zeros(3, 1, dtype=torch.float64)
+    sums.index_add_(0, labels, x.double())
+    counts = torch.bincount(labels, minlength=3)
+    km._reseed_empty(x, labels, dist, sums, counts)
+    assert labels.tolist() == [0, 0, 1, 2, 2]
+    assert counts.tolist() == [2, 1, 2]
+    assert sums[:, 0].tolist() == [1.0, 4.0, 21.0]
+
+
+def test_max_iter_cap_reports_not_converged():
+    x, _, _ = _blobs(seed=4)
+    res = kmeans(x, 3, metric="euclidean", max_iter=1, seed=0)
+    assert res.iterations == 1
+    assert res.converged is False
+    # Still consistent: centres are the means of the labelled points.
+    for j in range(3):
+        torch.testing.assert_close(res.centres[j], x[res.labels == j].mean(0), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_other_dtypes_computed_in_float32(dtype):
+    x, truth, _ = _blobs(seed=6)
+    xd = x.to(dtype)
+    res = kmeans(xd, 3, seed=0)
+    assert res.centres.dtype == torch.float32
+    mapping = _match(res, truth, 3)
+    ref = xd.to(torch.float32)
+    for t in range(3):
+        torch.testing.assert_close(res.centres[mapping[t]], ref[truth == t].mean(0), atol=1e-4, rtol=1e-4)
+    assert not xd.dtype == torch.float32  # input untouched
