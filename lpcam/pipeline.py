@@ -17,6 +17,7 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 from lpcam.callbacks.prototypes import CHECKPOINT_KEY, PrototypeCallback
 from lpcam.data.datamodule import VOCDataModule
 from lpcam.evaluator import CamEvaluator
+from lpcam.models.backbones import Backbone
 from lpcam.models.classifier import Classifier
 from lpcam.prototypes.build import build_prototypes
 from lpcam.prototypes.store import Prototypes
@@ -45,26 +46,33 @@ def make_loggers(cfg: DictConfig) -> list[Logger]:
     return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
 
 
-def train_stage(cfg: DictConfig, dm: VOCDataModule, loggers: list[Logger], run_dir: Path) -> tuple[Classifier, Prototypes, float]:
-    """Fit the classifier; its PrototypeCallback builds the prototypes from the best checkpoint."""
-    classifier = instantiate(cfg.model, backbone=instantiate(cfg.backbone), num_classes=dm.num_classes)
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/loss", mode="min")
-    protos_cb = PrototypeCallback(run_dir / "prototypes.pt", prototype_settings(cfg))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=[checkpoint, protos_cb], logger=loggers or False)
+def train_stage(
+    cfg: DictConfig, dm: VOCDataModule, backbone: Backbone, loggers: list[Logger], run_dir: Path, build: bool = True
+) -> tuple[Classifier, Prototypes | None, float]:
+    """Fit the classifier; unless ``build`` is off, its PrototypeCallback builds the prototypes
+    from the best checkpoint. Returns the training seconds without the prototype build."""
+    classifier = instantiate(cfg.model, backbone=backbone, num_classes=dm.num_classes)
+    callbacks: list[pl.Callback] = [
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val/loss", mode="min")
+    ]
+    if build:
+        callbacks.append(PrototypeCallback(run_dir / "prototypes.pt", prototype_settings(cfg)))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     t0 = time.perf_counter()
     trainer.fit(classifier, datamodule=dm)
-    seconds = time.perf_counter() - t0 - sum(classifier.prototypes.meta["timings_s"].values())
-    return classifier, classifier.prototypes, seconds
+    protos: Prototypes | None = getattr(classifier, "prototypes", None)
+    build_s = sum(protos.meta["timings_s"].values()) if protos is not None else 0.0
+    return classifier, protos, time.perf_counter() - t0 - build_s
 
 
-def load_stage(cfg: DictConfig, dm: VOCDataModule) -> tuple[Classifier, Prototypes | None]:
+def load_stage(cfg: DictConfig, dm: VOCDataModule, backbone: Backbone) -> tuple[Classifier, Prototypes | None]:
     """A trained classifier from ``ckpt_path`` (and the prototypes it carries, if any)."""
     import torch
 
     path = Path(cfg.ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint")
-    classifier = Classifier.load_from_checkpoint(path, map_location="cpu", backbone=instantiate(cfg.backbone))
+    classifier = Classifier.load_from_checkpoint(path, map_location="cpu", backbone=backbone)
     if classifier.hparams.num_classes != dm.num_classes:
         raise ValueError(
             f"ckpt_path={path}: the classifier has {classifier.hparams.num_classes} classes, "
@@ -86,19 +94,24 @@ def run(cfg: DictConfig) -> dict:
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    train_s = 0.0
+    backbone: Backbone = instantiate(cfg.backbone)
+    given = None
+    if cfg.lpcam.prototypes_path:  # checked before any training, so a wrong file fails at once
+        given = Prototypes.load(cfg.lpcam.prototypes_path)
+        given.check_compatible(backbone.name, backbone.layer, backbone.out_channels, dm.class_names, str(cfg.lpcam.prototypes_path))
+    train_s, built = 0.0, {}  # built: timings of a prototype build done in this run
     if cfg.ckpt_path:
-        classifier, protos = load_stage(cfg, dm)
+        classifier, protos = load_stage(cfg, dm, backbone)
     else:
-        classifier, protos, train_s = train_stage(cfg, dm, loggers, run_dir)
-    backbone = classifier.backbone
-    if cfg.lpcam.prototypes_path:
-        protos = Prototypes.load(cfg.lpcam.prototypes_path)
-        protos.meta.setdefault("timings_s", {})
+        classifier, protos, train_s = train_stage(cfg, dm, backbone, loggers, run_dir, build=given is None)
+        built = protos.meta["timings_s"] if protos is not None else {}
+    if given is not None:
+        protos = given
     elif protos is None or any(protos.meta.get(k) != v for k, v in prototype_settings(cfg).items()):
         protos = build_prototypes(classifier, dm.prototype_dataloader(), dm.class_names, dm.name, **prototype_settings(cfg))
+        built = protos.meta["timings_s"]
+    if not (run_dir / "prototypes.pt").is_file():
         protos.save(run_dir / "prototypes.pt")
-    protos.check_compatible(backbone.name, backbone.layer, backbone.out_channels, dm.class_names, str(cfg.lpcam.prototypes_path or run_dir / "prototypes.pt"))
 
     evaluator = CamEvaluator(
         classifier,
@@ -110,7 +123,6 @@ def run(cfg: DictConfig) -> dict:
     tester: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
     tester.test(evaluator, datamodule=dm, verbose=False)
 
-    built = protos.meta.get("timings_s", {})
     results = {
         "schema": SCHEMA,
         "dataset": dm.name,

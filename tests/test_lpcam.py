@@ -1,0 +1,80 @@
+"""LPCAM maps and each aggregation rule against hand-computed similarities."""
+
+import math
+
+import pytest
+import torch
+
+from lpcam.cams import aggregation
+from lpcam.cams.lpcam import lpcam_maps, prototype_similarities
+from lpcam.prototypes.store import Prototypes
+
+# three positions (1x3 grid), one image, similarities to 2 class and 2 context prototypes
+FG = torch.tensor([[0.9, 0.2, 0.1], [0.3, 0.8, 0.1]]).view(1, 2, 1, 3)
+BG = torch.tensor([[0.1, 0.1, 0.9], [0.2, 0.6, 0.5]]).view(1, 2, 1, 3)
+
+
+def test_official_is_relu_of_class_mean_minus_context_mean():
+    out = aggregation.official(FG, BG)
+    # class mean [0.6, 0.5, 0.1], context mean [0.15, 0.35, 0.7]
+    torch.testing.assert_close(out.flatten(), torch.tensor([0.45, 0.15, 0.0]))
+
+
+def test_official_without_context_is_class_mean():
+    out = aggregation.official(FG, BG[:, :0])
+    torch.testing.assert_close(out.flatten(), torch.tensor([0.6, 0.5, 0.1]))
+
+
+def test_fg_only_ignores_context():
+    torch.testing.assert_close(aggregation.fg_only(FG, BG).flatten(), torch.tensor([0.6, 0.5, 0.1]))
+
+
+def test_max_is_nearest_prototype_margin():
+    # max class [0.9, 0.8, 0.1], max context [0.2, 0.6, 0.9]
+    torch.testing.assert_close(aggregation.max(FG, BG).flatten(), torch.tensor([0.7, 0.2, 0.0]))
+    torch.testing.assert_close(aggregation.max(FG, BG[:, :0]).flatten(), torch.tensor([0.9, 0.8, 0.1]))
+
+
+def test_rules_registry_names_match_config_names():
+    assert set(aggregation.RULES) == {"official", "fg_only", "max"}
+    import functools
+
+    assert aggregation.rule_name(functools.partial(aggregation.fg_only)) == "fg_only"
+
+
+def test_prototype_similarities_are_cosines():
+    f = torch.tensor([[3.0, 0.0], [4.0, 1.0]]).view(1, 2, 1, 2)  # positions (3,4) and (0,1)
+    p = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    sims = prototype_similarities(f, p)
+    torch.testing.assert_close(sims[0, :, 0], torch.tensor([[0.6, 0.0], [0.8, 1.0]]))  # (prototype, position)
+
+
+def test_lpcam_maps_end_to_end_on_a_tiny_case():
+    # D=2; class 0 has prototype e0 and context e1; class 1 has prototype e1 and no context
+    protos = Prototypes(
+        class_protos=[torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])],
+        context_protos=[torch.tensor([[0.0, 1.0]]), torch.zeros(0, 2)],
+    )
+    f = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]]).view(1, 1, 2, 1, 3)  # V=1: e0, diag, e1
+    maps = lpcam_maps([f], protos, size=(1, 3), rule=aggregation.official)
+    c = 1 / math.sqrt(2)
+    # class 0: relu(cos(f,e0) - cos(f,e1)) = [1, 0, 0]; class 1: cos(f,e1) = [0, c, 1]
+    torch.testing.assert_close(maps[0, 0, 0], torch.tensor([1.0, 0.0, 0.0]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(maps[0, 1, 0], torch.tensor([0.0, c, 1.0]), atol=1e-4, rtol=0)
+    only_one = lpcam_maps([f], protos, size=(1, 3), classes=[1])
+    assert torch.equal(only_one[0, 0], torch.zeros(1, 3))
+
+
+def test_lpcam_sums_flip_views_before_similarity():
+    protos = Prototypes([torch.tensor([[1.0, 0.0]])], [torch.zeros(0, 2)])
+    # two views whose sum points along e0 at position 0 although neither view does alone
+    v1 = torch.tensor([[1.0], [1.0]]).view(1, 1, 2, 1, 1)
+    v2 = torch.tensor([[1.0], [-1.0]]).view(1, 1, 2, 1, 1)
+    f = torch.cat([torch.cat([v1, v2]), torch.tensor([[0.0], [1.0]]).view(1, 1, 2, 1, 1).repeat(2, 1, 1, 1, 1)], -1)
+    maps = lpcam_maps([f], protos, size=(1, 2), rule=aggregation.fg_only)
+    torch.testing.assert_close(maps[0, 0, 0], torch.tensor([1.0, 0.0]), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("rule", list(aggregation.RULES.values()))
+def test_rules_return_one_map_per_image(rule):
+    assert rule(FG.repeat(3, 1, 1, 1), BG.repeat(3, 1, 1, 1)).shape == (3, 1, 3)

@@ -1,0 +1,75 @@
+"""The whole pipeline on a tiny generated dataset, through the project's own Hydra config."""
+
+import json
+
+import pytest
+import torch
+
+from lpcam.pipeline import run
+from lpcam.prototypes.store import IncompatiblePrototypes, Prototypes
+
+CONTRACT_METRICS = {"threshold", "miou", "fp", "fn", "precision", "recall"}
+
+
+def test_default_job_shape_end_to_end_and_reproducible(tiny, tmp_path):
+    results = run(tiny(run="a"))
+    run_dir = tmp_path / "a"
+    on_disk = json.loads((run_dir / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(results))
+    # the results.json contract (shared/DESIGN.md)
+    assert on_disk["schema"] == 1 and on_disk["dataset"] == "synthetic_parts" and on_disk["split"] == "train"
+    assert on_disk["backbone"] == "small_resnet" and on_disk["seed"] == 0
+    for method in ("cam", "lpcam", "lpcam_fg_only", "lpcam_max"):
+        r = on_disk["methods"][method]
+        assert set(r["best"]) == CONTRACT_METRICS and set(r["default"]) == CONTRACT_METRICS
+        assert r["default"]["threshold"] == 0.15
+        assert set(r["per_class_iou"]) == {"background", "fox", "wolf"}
+        assert set(r["part_recall"]) == {"discriminative", "shared"}
+        assert len(r["curve"]) == 20
+        assert 0 <= r["best"]["miou"] <= 100
+        assert r["best"]["miou"] == max(p["miou"] for p in r["curve"])
+    assert set(on_disk["lpcam"]) >= {"k", "tau", "mu_fg", "mu_bg", "aggregation", "prototypes"}
+    assert on_disk["lpcam"]["aggregation"] == "official" and on_disk["lpcam"]["k"] == 3
+    assert set(on_disk["timings_s"]) == {"train", "features", "clustering", "extraction", "evaluation"}
+    assert on_disk["timings_s"]["train"] > 0 and on_disk["peak_memory_mb"] > 0
+    assert (run_dir / "cams.png").stat().st_size > 10_000
+    # prototypes: in the run directory and in the best checkpoint, with what built them
+    protos = Prototypes.load(run_dir / "prototypes.pt")
+    assert protos.meta["k"] == 3 and protos.meta["backbone"] == "small_resnet"
+    assert all(1 <= len(p) <= 3 for p in protos.class_protos)
+    ckpt = torch.load(run_dir / "checkpoints/best.ckpt", weights_only=False)
+    assert "lpcam_prototypes" in ckpt
+    # the same seed gives the same prototypes and the same numbers
+    again = run(tiny(run="b"))
+    protos_b = Prototypes.load(tmp_path / "b" / "prototypes.pt")
+    for x, y in zip(protos.class_protos + protos.context_protos, protos_b.class_protos + protos_b.context_protos):
+        assert torch.equal(x, y)
+    for method in results["methods"]:
+        assert again["methods"][method]["curve"] == results["methods"][method]["curve"]
+
+
+def test_checkpoint_and_prototypes_reuse_and_refusal(tiny, tmp_path):
+    first = run(tiny(run="train"))
+    ckpt, protos = tmp_path / "train/checkpoints/best.ckpt", tmp_path / "train/prototypes.pt"
+    # evaluate again from the checkpoint and the saved prototypes: no training, same numbers
+    reused = run(tiny(f"ckpt_path={ckpt}", f"lpcam.prototypes_path={protos}", run="reuse"))
+    assert reused["timings_s"]["train"] == 0
+    assert reused["methods"]["lpcam"]["curve"] == first["methods"]["lpcam"]["curve"]
+    # changing an LPCAM setting rebuilds the prototypes from the checkpoint, without training
+    k2 = run(tiny(f"ckpt_path={ckpt}", "lpcam.k=2", run="k2"))
+    assert k2["timings_s"]["train"] == 0 and k2["timings_s"]["clustering"] > 0
+    assert all(1 <= c["class"] <= 2 for c in k2["lpcam"]["prototypes"].values())
+    assert reused["methods"]["cam"]["curve"] == k2["methods"]["cam"]["curve"]  # same classifier
+    # prototypes of another class set are refused, naming the field
+    with pytest.raises(IncompatiblePrototypes, match="class_names"):
+        run(tiny("dataset.generator.num_classes=4", f"lpcam.prototypes_path={protos}", run="bad"))
+    assert not (tmp_path / "bad" / "checkpoints").exists()  # refused before any training
+
+
+def test_wandb_logger_runs_offline(tiny, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    run(tiny("logger=wandb", run="wb"))
+    offline = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    assert list(offline[0].glob("*.wandb"))  # the run's data, ready for `wandb sync`
