@@ -2,10 +2,11 @@
 
 Runs the default job (``python -m lpcam.run``) once per seed and dataset, each in its own process
 and run directory, then prints mean ± standard deviation (and min–max) of the best-threshold seed
-mIoU and the part recalls of every method. Extra arguments are passed to every run as Hydra
-overrides, so the same study answers "what if" questions:
+mIoU and the part recalls of every method. ``--variant NAME='overrides'`` re-evaluates each seed's
+own checkpoint with other LPCAM settings (no retraining); its methods appear as ``NAME:method``.
+Extra arguments are passed to every run as Hydra overrides:
 
-    python experiments/seed_study.py --seeds 0 1 2
+    python experiments/seed_study.py --seeds 0 1 2 --variant sigmoid='lpcam.score=sigmoid'
     python experiments/seed_study.py --seeds 0 1 2 --datasets synthetic_parts -- lpcam.k=20
 """
 
@@ -19,9 +20,9 @@ import sys
 from pathlib import Path
 
 
-def run_job(out: Path, dataset: str, seed: int, overrides: list[str]) -> dict:
+def run_job(out: Path, dataset: str, seed: int, overrides: list[str], tag: str = "") -> dict:
     """One run (skipped when its results.json exists, so an interrupted study resumes)."""
-    run_dir = out / f"{dataset}_seed{seed}"
+    run_dir = out / f"{dataset}_seed{seed}{tag}"
     results = run_dir / "results.json"
     if not results.is_file():
         cmd = [sys.executable, "-m", "lpcam.run", f"dataset={dataset}", f"seed={seed}", "logger=csv",
@@ -59,11 +60,21 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--datasets", nargs="+", default=["synthetic_parts", "synthetic_parts_control"])
     parser.add_argument("--out", type=Path, default=Path("outputs/seed_study"))
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME='OVERRIDES'",
+                        help="re-evaluate each seed's checkpoint with these overrides")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
     args = parser.parse_args()
+    variants = dict(v.split("=", 1) for v in args.variant)
     report = []
     for dataset in args.datasets:
-        runs = [run_job(args.out, dataset, s, args.overrides) for s in args.seeds]
+        runs = []
+        for seed in args.seeds:
+            base = run_job(args.out, dataset, seed, args.overrides)
+            ckpt = (args.out / f"{dataset}_seed{seed}" / "checkpoints" / "best.ckpt").resolve()
+            for name, extra in variants.items():
+                more = run_job(args.out, dataset, seed, [*args.overrides, f"ckpt_path={ckpt}", *extra.split()], f"_{name}")
+                base["methods"].update({f"{name}:{m}": r for m, r in more["methods"].items() if m != "cam"})
+            runs.append(base)
         report.append(f"### {dataset} ({len(runs)} seeds: {', '.join(map(str, args.seeds))})\n\n{table(runs)}\n")
     text = "\n".join(report)
     print(text)

@@ -120,7 +120,8 @@ def run(cfg: DictConfig) -> dict:
         aggregation=instantiate(cfg.lpcam.aggregation),
         **OmegaConf.to_container(cfg.evaluation, resolve=True),
     )
-    tester: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
+    # CAMs in full precision whatever the training precision: thresholds resolve differences of 0.01
+    tester: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[], precision="32-true")
     tester.test(evaluator, datamodule=dm, verbose=False)
 
     results = {
@@ -139,6 +140,10 @@ def run(cfg: DictConfig) -> dict:
             "score": cfg.lpcam.score,
             "prototypes": protos.counts(),
             "halo_share": {name: s.get("halo_share") for name, s in protos.stats.items()},
+            "prototype_parts": {
+                name: {k: s[k] for k in ("class_prototypes", "rejected_fg_centres", "context_prototypes") if k in s}
+                for name, s in protos.stats.items()
+            },
         },
         "timings_s": {
             "train": round(train_s, 2),

@@ -44,6 +44,9 @@ def summary_metrics(results: dict) -> dict[str, float]:
     counts = results["lpcam"]["prototypes"].values()
     flat["prototypes/class"] = sum(c["class"] for c in counts)
     flat["prototypes/context"] = sum(c["context"] for c in counts)
+    halo = [h for h in results["lpcam"].get("halo_share", {}).values() if h is not None]
+    if halo:  # share of the CAM > tau pool lying off the objects, averaged over classes
+        flat["prototypes/halo_share"] = sum(halo) / len(halo)
     flat.update({f"time/{k}": v for k, v in results["timings_s"].items()})
     return flat
 

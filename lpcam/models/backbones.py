@@ -24,7 +24,8 @@ class Backbone(nn.Module):
 
     def __init__(self, body: nn.Module, out_channels: int, stride: int, name: str, layer: str) -> None:
         super().__init__()
-        self.body = body
+        # channels-last: about 2x faster convolutions on CPU (oneDNN) and what tensor cores want
+        self.body = body.to(memory_format=torch.channels_last)
         self.out_channels = out_channels
         self.stride = stride
         self.name = name
@@ -33,7 +34,8 @@ class Backbone(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.body((images - self.mean) / self.std)
+        x = ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+        return self.body(x).contiguous()
 
 
 def _set_stride_one(layer: nn.Sequential) -> None:

@@ -14,7 +14,7 @@ from lpcam.cams.cam import cam_maps
 from lpcam.cams.multiscale import multiscale_features
 from lpcam.models.classifier import Classifier
 from lpcam.prototypes.kmeans import kmeans
-from lpcam.prototypes.pool import FeaturePool
+from lpcam.prototypes.pool import TAG_NAMES, FeaturePool, feature_tags
 from lpcam.prototypes.selection import select_prototypes
 from lpcam.prototypes.store import Prototypes
 
@@ -33,8 +33,8 @@ def collect_features(
 
     As the official code: features of the full image at one scale; the class-c CAM resized to the
     feature grid (here computed at that scale with its flip, on the same grid, which avoids a
-    second pass) marks foreground (> τ) and background (< τ) positions. Positions whose ground
-    truth is known also count into the halo share (CAM > τ off the object), a diagnostic only.
+    second pass) marks foreground (> τ) and background (< τ) positions. The ground truth under
+    each position is kept as a tag, for diagnostics only (halo share, prototype composition).
     """
     pool: FeaturePool | None = None
     weights = model.weights
@@ -46,11 +46,13 @@ def collect_features(
         cams = cam_maps(views, weights, feats.shape[-2:])
         if pool is None:
             pool = FeaturePool(num_classes, feats.shape[1], max_features_per_class, seed)
-        masks = F.interpolate(batch["mask"][:, None].float(), size=feats.shape[-2:], mode="nearest")[:, 0].long()
+        grid = feats.shape[-2:]
+        masks = F.interpolate(batch["mask"][:, None].float(), size=grid, mode="nearest")[:, 0].long()
+        parts = F.interpolate(batch["parts"][:, None].float(), size=grid, mode="nearest")[:, 0].long()
         for b in range(len(images)):
-            gt = masks[b].cpu()
             for c in torch.nonzero(batch["label"][b]).flatten().tolist():
-                pool.add(c, feats[b].cpu(), (cams[b, c] > tau).cpu(), on_object=gt == c + 1, known=gt != 255)
+                tags = feature_tags(masks[b], parts[b], c)
+                pool.add(c, feats[b].cpu(), (cams[b, c] > tau).cpu(), tags)
     if pool is None:
         raise ValueError("prototypes: the training split yielded no images")
     return pool
@@ -88,6 +90,9 @@ def cluster_and_select(
         class_protos.append(fg.centres[sel.class_idx])
         context_protos.append(bg_centres[sel.context_idx])
         stats[name] = {
+            "class_prototypes": composition(pool.fg[c].tags, fg.labels, sel.class_idx),
+            "rejected_fg_centres": composition(pool.fg[c].tags, fg.labels, _complement(sel.class_idx, len(fg.centres))),
+            "context_prototypes": composition(pool.bg[c].tags, bg.labels, sel.context_idx) if bg is not None else {},
             "fg_pool": pool.fg[c].seen,
             "bg_pool": pool.bg[c].seen,
             "fg_sampled": len(fg_rows),
@@ -99,6 +104,24 @@ def cluster_and_select(
             "kmeans_converged": fg.converged and (bg is None or bg.converged),
         }
     return class_protos, context_protos, stats
+
+
+def _complement(idx: Tensor, n: int) -> Tensor:
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[idx] = False
+    return torch.nonzero(keep).flatten()
+
+
+def composition(tags: Tensor, labels: Tensor, centres: Tensor) -> dict[str, int]:
+    """How many of the given centres are mostly (by their members' tags) off the object, on the
+    discriminative part, on the shared part...: tells whether selection kept bodies or halo."""
+    counts: dict[str, int] = {}
+    for k in centres.tolist():
+        member = tags[labels == k]
+        member = member[member >= 0]
+        name = TAG_NAMES[int(member.mode().values)] if len(member) else "unknown"
+        counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def build_prototypes(

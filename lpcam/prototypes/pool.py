@@ -4,6 +4,9 @@ The official code holds every feature map of the training set in memory (≈9 GB
 COCO). Here each class keeps a uniform sample of at most ``cap`` foreground and ``cap`` background
 features (reservoir sampling, seeded), so memory is O(classes × cap × D) whatever the dataset size,
 and every feature seen has the same chance to be kept.
+
+Each sampled feature carries a *tag* saying what the ground truth has under it, for diagnostics
+only (never for building prototypes): whether a prototype is a head, a body, or background halo.
 """
 
 from __future__ import annotations
@@ -11,34 +14,53 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+# what lies under a feature, from the ground truth (diagnostics only)
+IGNORED, OFF_OBJECT, DISCRIMINATIVE, SHARED, ON_OBJECT = -1, 0, 1, 2, 3
+TAG_NAMES = {OFF_OBJECT: "off_object", DISCRIMINATIVE: "discriminative", SHARED: "shared", ON_OBJECT: "on_object"}
+
+
+def feature_tags(mask: Tensor, parts: Tensor, c: int, ignore_index: int = 255) -> Tensor:
+    """(h, w) tags for class index ``c`` from a mask and part map already on the feature grid:
+    off the class's objects, on its discriminative / shared part, on it (no part map), or ignored."""
+    tags = torch.full_like(mask, OFF_OBJECT)
+    on = mask == c + 1
+    tags[on] = torch.where(parts[on] > 0, parts[on], torch.full_like(parts[on], ON_OBJECT))
+    tags[mask == ignore_index] = IGNORED
+    return tags
+
 
 class Reservoir:
-    """A uniform random sample of at most ``cap`` rows out of all rows ever added (Algorithm R)."""
+    """A uniform random sample of at most ``cap`` rows out of all rows ever added (Algorithm R),
+    with one integer tag per row."""
 
     def __init__(self, cap: int, dim: int, generator: torch.Generator) -> None:
         self.cap, self.seen = cap, 0
         self.buffer = torch.empty(0, dim)
+        self.tags = torch.empty(0, dtype=torch.long)
         self.generator = generator
 
-    def add(self, rows: Tensor) -> None:
+    def add(self, rows: Tensor, tags: Tensor | None = None) -> None:
         rows = rows.detach().float().cpu()
+        tags = torch.full((len(rows),), IGNORED, dtype=torch.long) if tags is None else tags.long().cpu()
         free = max(0, self.cap - len(self.buffer))
         if free:
             self.buffer = torch.cat([self.buffer, rows[:free]])
+            self.tags = torch.cat([self.tags, tags[:free]])
             self.seen += len(rows[:free])
-            rows = rows[free:]
+            rows, tags = rows[free:], tags[free:]
         if not len(rows):
             return
         # row i (0-based) of the rest is item number seen+i: it replaces slot j ~ U{0..seen+i} if j < cap
         upper = self.seen + torch.arange(1, len(rows) + 1, dtype=torch.float64)
         slots = (torch.rand(len(rows), generator=self.generator, dtype=torch.float64) * upper).long()
         keep = slots < self.cap
-        slots, rows = slots[keep], rows[keep]
+        slots, rows, tags = slots[keep], rows[keep], tags[keep]
         if len(slots):
             # when two rows draw the same slot, the later one wins, as in the sequential algorithm
             last = {int(s): i for i, s in enumerate(slots)}
             idx = torch.tensor(list(last.values()))
             self.buffer[slots[idx]] = rows[idx]
+            self.tags[slots[idx]] = tags[idx]
         self.seen += int(upper.numel())
 
     @property
@@ -47,29 +69,27 @@ class Reservoir:
 
 
 class FeaturePool:
-    """Per class, a foreground and a background reservoir, plus counts for diagnostics."""
+    """Per class, a foreground and a background reservoir, plus counts for the halo diagnostic."""
 
     def __init__(self, num_classes: int, dim: int, cap: int, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)
         self.fg = [Reservoir(cap, dim, g) for _ in range(num_classes)]
         self.bg = [Reservoir(cap, dim, g) for _ in range(num_classes)]
-        self.halo = torch.zeros(num_classes, dtype=torch.long)  # fg positions outside the class's mask
-        self.fg_known = torch.zeros(num_classes, dtype=torch.long)  # fg positions with a known mask
+        self.halo = torch.zeros(num_classes, dtype=torch.long)  # fg positions off the class's objects
+        self.fg_known = torch.zeros(num_classes, dtype=torch.long)  # fg positions with known ground truth
 
-    def add(
-        self, c: int, features: Tensor, is_fg: Tensor, on_object: Tensor | None = None, known: Tensor | None = None
-    ) -> None:
+    def add(self, c: int, features: Tensor, is_fg: Tensor, tags: Tensor | None = None) -> None:
         """``features`` (D, h, w) of an image labelled ``c``; ``is_fg`` (h, w) its CAM > τ split;
-        ``on_object`` (h, w) where ground truth says class c and ``known`` where it is not ignored
-        (both optional: they only feed the halo diagnostic)."""
+        ``tags`` (h, w) what the ground truth has under each position (see ``feature_tags``)."""
         flat = features.flatten(1).T
         fg = is_fg.flatten()
-        self.fg[c].add(flat[fg])
-        self.bg[c].add(flat[~fg])
-        if on_object is not None:
-            fg_known = fg & (known.flatten() if known is not None else True)
-            self.halo[c] += int((fg_known & ~on_object.flatten()).sum())
-            self.fg_known[c] += int(fg_known.sum())
+        flat_tags = tags.flatten() if tags is not None else None
+        self.fg[c].add(flat[fg], None if flat_tags is None else flat_tags[fg])
+        self.bg[c].add(flat[~fg], None if flat_tags is None else flat_tags[~fg])
+        if flat_tags is not None:
+            fg_tags = flat_tags[fg]
+            self.halo[c] += int((fg_tags == OFF_OBJECT).sum())
+            self.fg_known[c] += int((fg_tags != IGNORED).sum())
 
     def halo_share(self, c: int) -> float | None:
         """Share of the class's CAM > τ positions that are not on an object of the class."""
