@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -67,8 +68,6 @@ def train_stage(
 
 def load_stage(cfg: DictConfig, dm: VOCDataModule, backbone: Backbone) -> tuple[Classifier, Prototypes | None]:
     """A trained classifier from ``ckpt_path`` (and the prototypes it carries, if any)."""
-    import torch
-
     path = Path(cfg.ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint")
