@@ -21,6 +21,7 @@ from lpcam.evaluator import CamEvaluator
 from lpcam.models.backbones import Backbone
 from lpcam.models.classifier import Classifier
 from lpcam.prototypes.build import build_prototypes
+from lpcam.errors import InputError, MissingInput
 from lpcam.prototypes.store import Prototypes
 from lpcam.results import SCHEMA, log_results, peak_memory_mb, write_json
 from lpcam.viz import cam_figure
@@ -70,10 +71,10 @@ def load_stage(cfg: DictConfig, dm: VOCDataModule, backbone: Backbone) -> tuple[
     """A trained classifier from ``ckpt_path`` (and the prototypes it carries, if any)."""
     path = Path(cfg.ckpt_path)
     if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint")
+        raise MissingInput(f"ckpt_path={path}: no such checkpoint")
     classifier = Classifier.load_from_checkpoint(path, map_location="cpu", backbone=backbone)
     if classifier.hparams.num_classes != dm.num_classes:
-        raise ValueError(
+        raise InputError(
             f"ckpt_path={path}: the classifier has {classifier.hparams.num_classes} classes, "
             f"dataset {dm.name} has {dm.num_classes}"
         )

@@ -73,3 +73,17 @@ def test_wandb_logger_runs_offline(tiny, tmp_path, monkeypatch):
     offline = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
     assert list(offline[0].glob("*.wandb"))  # the run's data, ready for `wandb sync`
+
+
+def test_command_line_reports_bad_input_without_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "lpcam.run", "dataset=voc", f"data_dir={tmp_path}", "logger=none",
+         f"hydra.run.dir={tmp_path / 'run'}"],  # fmt: skip
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "lpcam: error:" in proc.stderr and "JPEGImages/<id>.jpg" in proc.stderr
+    assert "Traceback" not in proc.stderr

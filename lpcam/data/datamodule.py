@@ -60,8 +60,13 @@ class VOCDataModule(pl.LightningDataModule):
         return len(self.class_names)
 
     def prepare_data(self) -> None:
+        """Generate the dataset if it has a generator; then check every split is readable, so a
+        wrong root fails at once with the expected layout, before any training."""
         if self.generator is not None:
             self.generator.write(self.root)
+        for split in (self.train_split, self.val_split, self.eval_split):
+            if split:
+                self.dataset(split)
 
     def dataset(self, split: str, augment: bool = False) -> VOCSegmentation:
         return VOCSegmentation(

@@ -24,6 +24,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from lpcam.errors import InputError
+
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -36,7 +38,7 @@ LAYOUT_HELP = (
 )
 
 
-class DatasetLayoutError(FileNotFoundError):
+class DatasetLayoutError(InputError, FileNotFoundError):
     """Raised with the path that is missing and the layout that was expected."""
 
 

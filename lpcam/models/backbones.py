@@ -15,6 +15,8 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 
+from lpcam.errors import MissingInput
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -76,13 +78,13 @@ def torchvision_resnet(
 def _load_weights(arch: str, path: str | None) -> dict:
     if path is not None:
         if not Path(path).is_file():
-            raise FileNotFoundError(f"backbone.weights={path}: no such file")
+            raise MissingInput(f"backbone.weights={path}: no such file")
         state = torch.load(path, map_location="cpu", weights_only=True)
         return state.get("state_dict", state)
     enum = torchvision.models.get_model_weights(arch).DEFAULT
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
     if not cached.is_file():
-        raise FileNotFoundError(
+        raise MissingInput(
             f"backbone.pretrained=true: {arch} ImageNet weights are not in the local cache ({cached}) and "
             f"nothing is downloaded; put the file there or pass backbone.weights=PATH"
         )

@@ -10,10 +10,12 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from lpcam.errors import InputError, MissingInput
+
 FORMAT_VERSION = 1
 
 
-class IncompatiblePrototypes(ValueError):
+class IncompatiblePrototypes(InputError, ValueError):
     """A prototypes file built for another backbone, layer or class set."""
 
 
@@ -79,7 +81,7 @@ class Prototypes:
     def load(cls, path: str | Path) -> "Prototypes":
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"lpcam.prototypes_path={path}: no such file")
+            raise MissingInput(f"lpcam.prototypes_path={path}: no such file")
         d = torch.load(path, map_location="cpu", weights_only=False)
         if "lpcam_prototypes" in d:  # a checkpoint that carries them
             d = d["lpcam_prototypes"]
