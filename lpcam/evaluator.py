@@ -11,7 +11,7 @@ from torch import Tensor
 
 from lpcam.cams.aggregation import RULES, AggregationRule, official, rule_name
 from lpcam.cams.cam import cam_maps
-from lpcam.cams.lpcam import lpcam_maps
+from lpcam.cams.lpcam import lpcam_maps_by_rule
 from lpcam.cams.multiscale import DEFAULT_SCALES, multiscale_features
 from lpcam.metrics.segmentation import DEFAULT_THRESHOLDS, SeedConfusion
 from lpcam.models.classifier import Classifier
@@ -70,10 +70,10 @@ class CamEvaluator(pl.LightningModule):
         size = images.shape[-2:]
         views = multiscale_features(self.classifier.features, images, self.scales, self.flip)
         present = torch.nonzero(labels.sum(0)).flatten().tolist()
-        out = {"cam": cam_maps(views, self.classifier.weights, size)}
-        for name, rule in self.rules.items():
-            out[name] = lpcam_maps(views, self.prototypes, size, rule, classes=present)
-        return out
+        return {
+            "cam": cam_maps(views, self.classifier.weights, size),
+            **lpcam_maps_by_rule(views, self.prototypes, size, self.rules, classes=present),
+        }
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         t0 = time.perf_counter()

@@ -78,3 +78,14 @@ def test_lpcam_sums_flip_views_before_similarity():
 @pytest.mark.parametrize("rule", list(aggregation.RULES.values()))
 def test_rules_return_one_map_per_image(rule):
     assert rule(FG.repeat(3, 1, 1, 1), BG.repeat(3, 1, 1, 1)).shape == (3, 1, 3)
+
+
+def test_maps_by_rule_equal_one_rule_at_a_time():
+    from lpcam.cams.lpcam import lpcam_maps_by_rule
+
+    torch.manual_seed(0)
+    protos = Prototypes([torch.rand(3, 4), torch.rand(2, 4)], [torch.rand(2, 4), torch.zeros(0, 4)])
+    views = [torch.rand(2, 2, 4, 3, 3), torch.rand(2, 2, 4, 2, 2)]
+    together = lpcam_maps_by_rule(views, protos, (6, 6), aggregation.RULES)
+    for name, rule in aggregation.RULES.items():
+        torch.testing.assert_close(together[name], lpcam_maps(views, protos, (6, 6), rule))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterable, Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -16,29 +18,41 @@ def prototype_similarities(features: Tensor, prototypes: Tensor) -> Tensor:
     return torch.einsum("bdhw,pd->bphw", F.normalize(features, dim=1), F.normalize(prototypes, dim=1))
 
 
+def lpcam_maps_by_rule(
+    feature_views: list[Tensor],
+    prototypes: Prototypes,
+    size: tuple[int, int],
+    rules: Mapping[str, AggregationRule],
+    classes: Iterable[int] | None = None,
+) -> dict[str, Tensor]:
+    """(B, C, H, W) LPCAM maps for each named rule, from per-scale (V, B, D, h, w) features.
+
+    As in the official code, the features of a scale and its flip are summed before the
+    similarity. All prototypes of all classes are compared in one einsum per scale, and every rule
+    reduces those same similarities, so comparing rules costs no extra feature work. ``classes``
+    limits the work to the classes present in the batch (the others stay zero).
+    """
+    bank, fg_slices, bg_slices = prototypes.bank()
+    bank = bank.to(feature_views[0])
+    num_classes = len(fg_slices)
+    classes = list(range(num_classes) if classes is None else classes)
+    per_scale: dict[str, list[Tensor]] = {name: [] for name in rules}
+    for views in feature_views:
+        sims = prototype_similarities(views.sum(0), bank)
+        for name, rule in rules.items():
+            out = sims.new_zeros(sims.shape[0], num_classes, *sims.shape[2:])
+            for c in classes:
+                out[:, c] = rule(sims[:, fg_slices[c]], sims[:, bg_slices[c]])
+            per_scale[name].append(out)
+    return {name: merge_scales(maps, size) for name, maps in per_scale.items()}
+
+
 def lpcam_maps(
     feature_views: list[Tensor],
     prototypes: Prototypes,
     size: tuple[int, int],
     rule: AggregationRule = official,
-    classes: list[int] | None = None,
+    classes: Iterable[int] | None = None,
 ) -> Tensor:
-    """(B, C, H, W) LPCAM maps from per-scale (V, B, D, h, w) features.
-
-    As in the official code, the features of a scale and its flip are summed before the
-    similarity. All prototypes of all classes are compared in one einsum; ``rule`` then reduces
-    each class's slice. ``classes`` limits the work to the classes present in the batch (the others
-    stay zero).
-    """
-    bank, fg_slices, bg_slices = prototypes.bank()
-    bank = bank.to(feature_views[0])
-    num_classes = len(fg_slices)
-    classes = range(num_classes) if classes is None else classes
-    per_scale = []
-    for views in feature_views:
-        sims = prototype_similarities(views.sum(0), bank)
-        out = sims.new_zeros(sims.shape[0], num_classes, *sims.shape[2:])
-        for c in classes:
-            out[:, c] = rule(sims[:, fg_slices[c]], sims[:, bg_slices[c]])
-        per_scale.append(out)
-    return merge_scales(per_scale, size)
+    """(B, C, H, W) LPCAM maps under one aggregation rule (see :func:`lpcam_maps_by_rule`)."""
+    return lpcam_maps_by_rule(feature_views, prototypes, size, {"lpcam": rule}, classes)["lpcam"]
