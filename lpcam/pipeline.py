@@ -17,11 +17,11 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 
 from lpcam.callbacks.prototypes import CHECKPOINT_KEY, PrototypeCallback
 from lpcam.data.datamodule import VOCDataModule
+from lpcam.errors import InputError, MissingInput
 from lpcam.evaluator import CamEvaluator
 from lpcam.models.backbones import Backbone
 from lpcam.models.classifier import Classifier
 from lpcam.prototypes.build import build_prototypes
-from lpcam.errors import InputError, MissingInput
 from lpcam.prototypes.store import Prototypes
 from lpcam.results import SCHEMA, log_results, peak_memory_mb, write_json
 from lpcam.viz import cam_figure

@@ -40,6 +40,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from lpcam.data.palette import save_palette_png
+from lpcam.data.voc import labels_from_mask
 
 GENERATOR_VERSION = 1
 
@@ -145,10 +146,7 @@ class SyntheticParts:
             Image.fromarray(image).save(tmp / "JPEGImages" / f"{name}.jpg", quality=95)
             save_palette_png(seg, tmp / "SegmentationClass" / f"{name}.png")
             Image.fromarray(parts).save(tmp / "SegmentationPart" / f"{name}.png")
-            onehot = np.zeros(self.num_classes, np.float32)
-            present = np.unique(seg)
-            onehot[present[(present > 0) & (present < 255)] - 1] = 1
-            labels[name] = onehot
+            labels[name] = labels_from_mask(seg, self.num_classes)
         splits = {
             "train_aug": ids[: self.num_train],
             "train": ids[: self.num_eval],

@@ -55,6 +55,16 @@ def read_class_names(root: str | Path, class_names: Sequence[str] | None = None)
     return list(VOC_CLASSES)
 
 
+def labels_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """Multi-hot image label over the foreground classes present in a class-id mask (0 background,
+    255 ignore): what a dataset without a label file means by its image-level labels."""
+    present = np.unique(mask)
+    present = present[(present > 0) & (present <= num_classes)]
+    onehot = np.zeros(num_classes, np.float32)
+    onehot[present - 1] = 1
+    return onehot
+
+
 def read_split(root: str | Path, split: str) -> list[str]:
     path = Path(root) / "ImageSets" / "Segmentation" / f"{split}.txt"
     if not path.is_file():
@@ -123,11 +133,7 @@ class VOCSegmentation(Dataset):
     def label(self, i: int, mask: np.ndarray) -> np.ndarray:
         if self._labels is not None and self.ids[i] in self._labels:
             return self._labels[self.ids[i]]
-        present = np.unique(mask)
-        present = present[(present > 0) & (present <= self.num_classes)]
-        onehot = np.zeros(self.num_classes, np.float32)
-        onehot[present - 1] = 1
-        return onehot
+        return labels_from_mask(mask, self.num_classes)
 
     def __getitem__(self, i: int) -> dict:
         path = self.image_path(i)
