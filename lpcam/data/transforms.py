@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch.utils.data
 from PIL import Image
 
 
@@ -27,7 +28,19 @@ class TrainTransform:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        self.rng = np.random.default_rng(self.seed)
+        self._rng = np.random.default_rng(self.seed)
+        self._worker_seed: int | None = None
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """The main process draws from ``seed``. A DataLoader worker holds a copy of that state, so
+        each worker reseeds from its own torch seed (distinct per worker and per epoch); otherwise
+        all workers, every epoch, would repeat the same augmentations."""
+        info = torch.utils.data.get_worker_info()
+        if info is not None and info.seed != self._worker_seed:
+            self._worker_seed = info.seed
+            self._rng = np.random.default_rng(info.seed % 2**32)
+        return self._rng
 
     def __call__(self, item: dict) -> dict:
         image, mask, parts = item["image"], item["mask"], item["parts"]
