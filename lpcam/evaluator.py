@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from lpcam.cams.aggregation import RULES, AggregationRule, official, rule_name
+from lpcam.cams.baselines import GRADIENT_FREE, baseline_maps, check_baselines
 from lpcam.cams.cam import cam_maps
 from lpcam.cams.lpcam import lpcam_maps_by_rule
 from lpcam.cams.multiscale import DEFAULT_SCALES, multiscale_features
@@ -20,7 +21,7 @@ from lpcam.prototypes.store import Prototypes
 
 class CamEvaluator(pl.LightningModule):
     """Extracts CAM and LPCAM (plus any ``compare_rules`` variants of LPCAM, sharing the same
-    similarities) for each batch of the evaluation split and accumulates one confusion matrix per
+    similarities, and any grad-cam ``baselines`` at the same scales) for each batch of the evaluation split and accumulates one confusion matrix per
     method and background threshold. Confusions are summed across ranks at epoch end, so the
     numbers are the same under DDP.
 
@@ -36,6 +37,7 @@ class CamEvaluator(pl.LightningModule):
         class_names: Sequence[str],
         aggregation: AggregationRule = official,
         compare_rules: Sequence[str] = (),
+        baselines: Sequence[str] = (),
         scales: Sequence[float] = DEFAULT_SCALES,
         flip: bool = True,
         thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
@@ -51,18 +53,25 @@ class CamEvaluator(pl.LightningModule):
             if name not in RULES:
                 raise ValueError(f"evaluation.compare_rules: unknown rule {name!r}; known: {sorted(RULES)}")
             self.rules[f"lpcam_{name}"] = RULES[name]
+        check_baselines(baselines)
+        self.baselines = list(dict.fromkeys(baselines))
         self.scales, self.flip = tuple(scales), flip
         self.thresholds, self.default_threshold = tuple(thresholds), default_threshold
         self.num_examples = num_examples
-        self.methods = ["cam", *self.rules]
+        self.methods = ["cam", *self.rules, *self.baselines]
         self.confusions = {m: SeedConfusion(len(class_names) + 1, self.thresholds) for m in self.methods}
         self.examples: list[dict] = []
-        self.timings = {"extraction": 0.0, "evaluation": 0.0}
+        self.timings = {"extraction": 0.0, "evaluation": 0.0, **{b: 0.0 for b in self.baselines}}
         self.results: dict[str, dict] = {}
 
     @property
     def aggregation_name(self) -> str:
         return rule_name(self.rules["lpcam"])
+
+    @property
+    def needs_gradients(self) -> bool:
+        """Whether a baseline backpropagates (the trainer must then run without inference mode)."""
+        return any(b not in GRADIENT_FREE for b in self.baselines)
 
     @torch.no_grad()
     def maps(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
@@ -79,6 +88,11 @@ class CamEvaluator(pl.LightningModule):
         t0 = time.perf_counter()
         maps = self.maps(batch["image"], batch["label"])
         t1 = time.perf_counter()
+        for name in self.baselines:
+            with torch.enable_grad():
+                maps[name] = baseline_maps(name, self.classifier, batch["image"], batch["label"], self.scales, self.flip)
+            self.timings[name] += time.perf_counter() - t1
+            t1 = time.perf_counter()
         for b in range(len(batch["image"])):
             keys = torch.nonzero(batch["label"][b]).flatten()
             for method, m in maps.items():

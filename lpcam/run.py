@@ -2,26 +2,59 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import traceback
+from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lpcam.errors import input_error_in
-from lpcam.pipeline import run
+from lpcam.pipeline import hydra_overrides, run
 from lpcam.report import print_summary
+from lpcam.results import write_json
+
+log = logging.getLogger("lpcam.run")
+
+
+def record_failure(run_dir: Path, err: BaseException, to_log: bool) -> None:
+    """``error.json`` in the job's directory (the sweep report lists it) and, ``to_log``, the
+    error in the job's log, so a failed job of a multirun says why wherever one looks."""
+    cause = input_error_in(err)
+    if to_log:
+        log.error("job failed: %s", cause or err, exc_info=cause is None)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(
+        {
+            "error": str(cause or err),
+            "type": type(cause or err).__name__,
+            "input_error": cause is not None,
+            "overrides": hydra_overrides(),
+            "traceback": "".join(traceback.format_exception(err)),
+        },
+        run_dir / "error.json",
+    )
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     try:
         results = run(cfg)
     except Exception as err:
+        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+        record_failure(Path(cfg.run_dir), err, to_log=multirun)
+        if multirun:
+            raise  # Hydra marks this job failed, runs the others, and reports it when the sweep ends
         cause = input_error_in(err)
         if cause is None:
             raise
         print(f"lpcam: error: {cause}", file=sys.stderr)  # the user's input, not a bug: no traceback
         sys.exit(1)
+    if results is None:  # stage=train
+        return None
     print_summary(results)
     return results["methods"]["lpcam"]["best"]["miou"]  # the objective for sweepers
 

@@ -39,6 +39,8 @@ def tiny(tmp_path: Path):
     os.environ.setdefault("WANDB_SILENT", "true")
 
     def make(*extra: str, run: str = "run") -> DictConfig:
-        return compose_config([*TINY, f"data_dir={tmp_path / 'data'}", f"run_dir={tmp_path / run}", *extra])
+        return compose_config(
+            [*TINY, f"data_dir={tmp_path / 'data'}", f"cache.dir={tmp_path / 'cache'}", f"run_dir={tmp_path / run}", *extra]
+        )
 
     return make

@@ -35,11 +35,36 @@ def test_max_is_nearest_prototype_margin():
     torch.testing.assert_close(aggregation.max(FG, BG[:, :0]).flatten(), torch.tensor([0.9, 0.8, 0.1]))
 
 
-def test_rules_registry_names_match_config_names():
-    assert set(aggregation.RULES) == {"official", "fg_only", "max"}
-    import functools
+def test_topk_mean_lies_between_max_and_official():
+    fg3 = torch.cat([FG, torch.full((1, 1, 1, 3), 0.5)], 1)  # a third class prototype
+    # top-2 class means [0.7, 0.65, 0.3]; top-2 of two context prototypes is their mean
+    torch.testing.assert_close(aggregation.topk_mean(fg3, BG, k=2).flatten(), torch.tensor([0.55, 0.3, 0.0]))
+    torch.testing.assert_close(aggregation.topk_mean(FG, BG, k=1), aggregation.max(FG, BG))
+    torch.testing.assert_close(aggregation.topk_mean(FG, BG, k=5), aggregation.official(FG, BG))
 
-    assert aggregation.rule_name(functools.partial(aggregation.fg_only)) == "fg_only"
+
+def test_score_weighted_weighs_class_by_score_and_context_by_its_complement():
+    out = aggregation.score_weighted(FG, BG, torch.tensor([0.75, 0.25]), torch.tensor([0.5, 0.1]))
+    # class: [0.75, 0.35, 0.1]; context weights (1-s) normalised [5/14, 9/14]: [2.3, 5.9, 9.0]/14
+    torch.testing.assert_close(out.flatten(), torch.tensor([0.75 - 2.3 / 14, 0.0, 0.0]))
+    same = aggregation.score_weighted(FG, BG, torch.full((2,), 0.95), torch.full((2,), 0.3))
+    torch.testing.assert_close(same, aggregation.official(FG, BG))
+    no_context = aggregation.score_weighted(FG, BG[:, :0], torch.tensor([1.0, 3.0]), torch.zeros(0))
+    torch.testing.assert_close(no_context.flatten(), torch.tensor([0.45, 0.65, 0.1]))
+
+
+def test_every_rule_has_one_config_naming_its_function():
+    import functools
+    from pathlib import Path
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    folder = Path(__file__).resolve().parents[1] / "conf/lpcam/aggregation"
+    configs = {p.stem: instantiate(OmegaConf.load(p)) for p in folder.glob("*.yaml")}
+    assert set(configs) == set(aggregation.RULES)
+    for name, rule in configs.items():
+        assert isinstance(rule, functools.partial) and aggregation.rule_name(rule) == name
 
 
 def test_prototype_similarities_are_cosines():
@@ -77,7 +102,8 @@ def test_lpcam_sums_flip_views_before_similarity():
 
 @pytest.mark.parametrize("rule", list(aggregation.RULES.values()))
 def test_rules_return_one_map_per_image(rule):
-    assert rule(FG.repeat(3, 1, 1, 1), BG.repeat(3, 1, 1, 1)).shape == (3, 1, 3)
+    out = rule(FG.repeat(3, 1, 1, 1), BG.repeat(3, 1, 1, 1), torch.ones(2), torch.full((2,), 0.5))
+    assert out.shape == (3, 1, 3)
 
 
 def test_maps_by_rule_equal_one_rule_at_a_time():

@@ -7,6 +7,7 @@ import torch
 
 from lpcam.pipeline import run
 from lpcam.prototypes.store import IncompatiblePrototypes, Prototypes
+from tests.wandb_records import read_run
 
 CONTRACT_METRICS = {"threshold", "miou", "fp", "fn", "precision", "recall"}
 
@@ -39,8 +40,9 @@ def test_default_job_shape_end_to_end_and_reproducible(tiny, tmp_path):
     assert all(1 <= len(p) <= 3 for p in protos.class_protos)
     ckpt = torch.load(run_dir / "checkpoints/best.ckpt", weights_only=False)
     assert "lpcam_prototypes" in ckpt
-    # the same seed gives the same prototypes and the same numbers
-    again = run(tiny(run="b"))
+    # the same seed gives the same prototypes and the same numbers (trained again, not cached)
+    again = run(tiny("cache.classifier=false", "cache.features=false", run="b"))
+    assert again["timings_s"]["train"] > 0
     protos_b = Prototypes.load(tmp_path / "b" / "prototypes.pt")
     for x, y in zip(protos.class_protos + protos.context_protos, protos_b.class_protos + protos_b.context_protos):
         assert torch.equal(x, y)
@@ -70,9 +72,11 @@ def test_wandb_logger_runs_offline(tiny, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     run(tiny("logger=wandb", run="wb"))
-    offline = list((tmp_path / "wb" / "wandb").glob("offline-run-*"))
-    assert len(offline) == 1
-    assert list(offline[0].glob("*.wandb"))  # the run's data, ready for `wandb sync`
+    offline = sorted((tmp_path / "wb" / "wandb").glob("offline-run-*"))
+    runs = {r.job_type: r for r in map(read_run, offline)}  # the run's data, ready for `wandb sync`
+    assert set(runs) == {"train", "evaluate"} and len(offline) == 2  # one run per stage
+    assert all(r.exit_code == 0 for r in runs.values())
+    assert ("prototypes-synthetic_parts-small_resnet", "prototypes") in runs["evaluate"].artifacts
 
 
 def test_command_line_reports_bad_input_without_traceback(tmp_path):

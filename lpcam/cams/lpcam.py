@@ -34,6 +34,7 @@ def lpcam_maps_by_rule(
     """
     bank, fg_slices, bg_slices = prototypes.bank()
     bank = bank.to(feature_views[0])
+    scores = prototypes.bank_scores().to(bank)
     num_classes = len(fg_slices)
     classes = list(range(num_classes) if classes is None else classes)
     per_scale: dict[str, list[Tensor]] = {name: [] for name in rules}
@@ -42,7 +43,8 @@ def lpcam_maps_by_rule(
         for name, rule in rules.items():
             out = sims.new_zeros(sims.shape[0], num_classes, *sims.shape[2:])
             for c in classes:
-                out[:, c] = rule(sims[:, fg_slices[c]], sims[:, bg_slices[c]])
+                fg, bg = fg_slices[c], bg_slices[c]
+                out[:, c] = rule(sims[:, fg], sims[:, bg], scores[fg], scores[bg])
             per_scale[name].append(out)
     return {name: merge_scales(maps, size) for name, maps in per_scale.items()}
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -10,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from lpcam.cache import digest, locked, save_atomic, weights_digest
 from lpcam.cams.cam import cam_maps
 from lpcam.cams.multiscale import multiscale_features
 from lpcam.models.classifier import Classifier
@@ -17,6 +20,8 @@ from lpcam.prototypes.kmeans import kmeans
 from lpcam.prototypes.pool import TAG_NAMES, FeaturePool, feature_tags
 from lpcam.prototypes.selection import select_prototypes
 from lpcam.prototypes.store import Prototypes
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -58,6 +63,32 @@ def collect_features(
     return pool
 
 
+def cached_features(
+    model: Classifier,
+    batches: Iterable[dict],
+    num_classes: int,
+    tau: float,
+    max_features_per_class: int,
+    seed: int,
+    progress: bool,
+    cache_dir: str | Path,
+    dataset_key: str,
+) -> tuple[FeaturePool, bool]:
+    """:func:`collect_features` through the sweep's feature cache (see :mod:`lpcam.cache`): the
+    pool is keyed by the classifier's weights, the dataset and the sampling settings, so jobs that
+    differ only in K, μ or the rule cluster the same features. Returns the pool and whether it
+    came from the cache."""
+    key = digest([weights_digest(model), dataset_key, tau, max_features_per_class, seed])
+    path = Path(cache_dir) / "features" / f"{key}.pt"
+    with locked(path, "feature pool"):
+        if path.is_file():
+            log.info("prototypes: features from the cache (%s)", path)
+            return FeaturePool.from_state_dict(torch.load(path, weights_only=False)), True
+        pool = collect_features(model, batches, num_classes, tau, max_features_per_class, seed, progress)
+        save_atomic(pool.state_dict(), path)
+        return pool, False
+
+
 def cluster_and_select(
     pool: FeaturePool,
     weights: Tensor,
@@ -72,10 +103,11 @@ def cluster_and_select(
     kmeans_max_iter: int = 100,
     seed: int = 0,
     progress: bool = True,
-) -> tuple[list[Tensor], list[Tensor], dict]:
-    """k-means on each class's foreground and background samples; keep the centres the rule picks."""
+) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], dict]:
+    """k-means on each class's foreground and background samples; keep the centres the rule picks.
+    Returns class prototypes, context prototypes, their scores, and per-class diagnostics."""
     weights = weights.detach().float().cpu()
-    class_protos, context_protos, stats = [], [], {}
+    class_protos, context_protos, class_scores, context_scores, stats = [], [], [], [], {}
     for c, name in enumerate(tqdm(class_names, desc="prototypes: k-means", disable=not progress, leave=False)):
         fg_rows, bg_rows = pool.fg[c].rows, pool.bg[c].rows
         if not len(fg_rows):
@@ -89,6 +121,8 @@ def cluster_and_select(
         sel = select_prototypes(fg.centres, bg_centres, c, weights, mu_fg, mu_bg, context_min, score, keep_best)
         class_protos.append(fg.centres[sel.class_idx])
         context_protos.append(bg_centres[sel.context_idx])
+        class_scores.append(sel.fg_scores[sel.class_idx])
+        context_scores.append(sel.bg_scores[sel.context_idx])
         stats[name] = {
             "class_prototypes": composition(pool.fg[c].tags, fg.labels, sel.class_idx),
             "rejected_fg_centres": composition(pool.fg[c].tags, fg.labels, _complement(sel.class_idx, len(fg.centres))),
@@ -103,7 +137,7 @@ def cluster_and_select(
             "fg_cluster_sizes": fg.counts.tolist(),
             "kmeans_converged": fg.converged and (bg is None or bg.converged),
         }
-    return class_protos, context_protos, stats
+    return class_protos, context_protos, class_scores, context_scores, stats
 
 
 def _complement(idx: Tensor, n: int) -> Tensor:
@@ -141,14 +175,24 @@ def build_prototypes(
     kmeans_max_iter: int = 100,
     seed: int = 0,
     progress: bool = True,
+    feature_cache: str | Path | None = None,
+    dataset_key: str = "",
 ) -> Prototypes:
-    """The whole build, with the settings and timings recorded in the result's ``meta``."""
+    """The whole build, with the settings and timings recorded in the result's ``meta``.
+
+    With ``feature_cache`` (a cache directory) the feature pool is shared with other jobs; the
+    ``features`` timing is then the time to load it."""
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
-    pool = collect_features(model, batches, len(class_names), tau, max_features_per_class, seed, progress)
+    if feature_cache is not None:
+        pool, _ = cached_features(
+            model, batches, len(class_names), tau, max_features_per_class, seed, progress, feature_cache, dataset_key
+        )
+    else:
+        pool = collect_features(model, batches, len(class_names), tau, max_features_per_class, seed, progress)
     t1 = time.perf_counter()
-    fg, ctx, stats = cluster_and_select(
+    fg, ctx, fg_scores, ctx_scores, stats = cluster_and_select(
         pool, model.weights, class_names, k, mu_fg, mu_bg, context_min, score, keep_best,
         kmeans_metric, kmeans_max_iter, seed, progress,
     )  # fmt: skip
@@ -174,4 +218,4 @@ def build_prototypes(
         "seed": seed,
         "timings_s": {"features": t1 - t0, "clustering": t2 - t1},
     }
-    return Prototypes(fg, ctx, meta, stats)
+    return Prototypes(fg, ctx, meta, stats, fg_scores, ctx_scores)

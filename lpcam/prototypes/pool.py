@@ -91,6 +91,27 @@ class FeaturePool:
             self.halo[c] += int((fg_tags == OFF_OBJECT).sum())
             self.fg_known[c] += int((fg_tags != IGNORED).sum())
 
+    def state_dict(self) -> dict:
+        """What a later job needs to cluster this pool again (the feature cache stores it)."""
+        return {
+            "fg": [(r.buffer, r.tags, r.seen) for r in self.fg],
+            "bg": [(r.buffer, r.tags, r.seen) for r in self.bg],
+            "cap": self.fg[0].cap,
+            "halo": self.halo,
+            "fg_known": self.fg_known,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "FeaturePool":
+        """A pool to cluster, not to add to: its sampling generator is not restored."""
+        dim = state["fg"][0][0].shape[1]
+        pool = cls(len(state["fg"]), dim, cap=state["cap"])
+        for reservoirs, saved in ((pool.fg, state["fg"]), (pool.bg, state["bg"])):
+            for r, (buffer, tags, seen) in zip(reservoirs, saved):
+                r.buffer, r.tags, r.seen = buffer, tags, seen
+        pool.halo, pool.fg_known = state["halo"], state["fg_known"]
+        return pool
+
     def halo_share(self, c: int) -> float | None:
         """Share of the class's CAM > τ positions that are not on an object of the class."""
         n = int(self.fg_known[c])

@@ -26,12 +26,22 @@ class Prototypes:
     ``meta`` records how they were built (backbone, layer, feature dim, class names, dataset, K, τ,
     μ, …) so that a file given on the command line can be checked against the run that uses it;
     ``stats`` keeps per-class diagnostics (pool sizes, halo share, centre scores).
+    ``class_scores``/``context_scores`` hold each prototype's classifier score for its class (the
+    score selection used), which score-aware aggregation rules weigh by; 1 when unknown.
     """
 
     class_protos: list[Tensor]
     context_protos: list[Tensor]
     meta: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
+    class_scores: list[Tensor] | None = None
+    context_scores: list[Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if self.class_scores is None:
+            self.class_scores = [torch.ones(len(p)) for p in self.class_protos]
+        if self.context_scores is None:
+            self.context_scores = [torch.ones(len(p)) for p in self.context_protos]
 
     def bank(self) -> tuple[Tensor, list[slice], list[slice]]:
         """All prototypes stacked in one (P, D) tensor, with each class's class/context slices."""
@@ -42,6 +52,10 @@ class Prototypes:
             bg.append(slice(start + len(cp), start + len(cp) + len(xp)))
             start += len(cp) + len(xp)
         return torch.cat(rows), fg, bg
+
+    def bank_scores(self) -> Tensor:
+        """(P,) the classifier score of each row of :meth:`bank`, for its own class."""
+        return torch.cat([t for pair in zip(self.class_scores, self.context_scores) for t in pair]).float()
 
     def counts(self) -> dict[str, dict[str, int]]:
         names = self.meta.get("class_names") or [str(i) for i in range(len(self.class_protos))]
@@ -55,6 +69,8 @@ class Prototypes:
             "format_version": FORMAT_VERSION,
             "class_protos": [p.cpu() for p in self.class_protos],
             "context_protos": [p.cpu() for p in self.context_protos],
+            "class_scores": [s.cpu() for s in self.class_scores],
+            "context_scores": [s.cpu() for s in self.context_scores],
             "meta": self.meta,
             "stats": self.stats,
         }
@@ -66,7 +82,10 @@ class Prototypes:
             raise IncompatiblePrototypes(
                 f"{source}: prototypes format version {version}, this lpcam reads {FORMAT_VERSION}; rebuild them"
             )
-        return cls(d["class_protos"], d["context_protos"], d.get("meta", {}), d.get("stats", {}))
+        return cls(
+            d["class_protos"], d["context_protos"], d.get("meta", {}), d.get("stats", {}),
+            d.get("class_scores"), d.get("context_scores"),
+        )  # fmt: skip
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temporary file, then rename): an interrupted save leaves no half file."""

@@ -1,0 +1,98 @@
+"""Caches shared by the jobs of a sweep, so that only what a job changes is recomputed.
+
+- ``classifiers/<key>/best.ckpt``: a classifier trained with one training configuration, ``key``
+  a hash of every config entry that changes the trained weights (backbone, model, dataset,
+  trainer, seed) and of nothing else. A sweep over ``lpcam.*`` or ``evaluation.*`` trains once.
+- ``features/<key>.pt``: the sampled feature pool of one classifier's training split (the input of
+  the k-means), ``key`` a hash of the weights and the sampling settings (τ, cap, seed). A sweep
+  over K, μ or the aggregation rule extracts the features once.
+
+Parallel jobs (joblib, SLURM) reach for an entry at once: each entry is produced under a file lock,
+so one job computes it while the others wait and then read it, and it is published by an atomic
+rename, so an interrupted job leaves nothing that a later job would trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from filelock import FileLock, Timeout
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+# entries of the config groups that do not change the trained weights (display, evaluation only)
+NOT_TRAINING = {
+    "dataset": ("eval_split", "eval_batch_size"),
+    "trainer": ("enable_progress_bar", "enable_model_summary", "log_every_n_steps", "default_root_dir"),
+}
+TRAINING_GROUPS = ("backbone", "model", "dataset", "trainer")
+
+
+def digest(obj: Any, length: int = 12) -> str:
+    """A short stable hash of a JSON-able object."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def training_config(cfg: DictConfig) -> dict:
+    """The part of the config that determines the trained classifier (what the cache key hashes)."""
+    parts = {group: OmegaConf.to_container(cfg[group], resolve=True) for group in TRAINING_GROUPS}
+    for group, keys in NOT_TRAINING.items():
+        for key in keys:
+            parts[group].pop(key, None)
+    parts["seed"] = cfg.seed
+    return parts
+
+
+def classifier_key(cfg: DictConfig) -> str:
+    return digest(training_config(cfg))
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """Hash of a model's parameters and buffers: identifies a classifier however it was obtained."""
+    h = hashlib.sha1()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+@contextmanager
+def locked(path: Path, what: str) -> Iterator[None]:
+    """Hold ``<path>.lock``; say so when another job holds it (it is computing the same entry)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path) + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for another job computing the same %s (%s)", what, path)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def publish_file(src: Path, dst: Path) -> Path:
+    """Copy ``src`` to ``dst`` atomically (temporary sibling, then rename)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f"{dst.name}.partial-{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return dst
+
+
+def save_atomic(obj: Any, dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f"{dst.name}.partial-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, dst)
+    return dst
