@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -26,11 +27,27 @@ def sweep_group() -> str | None:
     return str(HydraConfig.get().sweep.dir)
 
 
+def swept_keys() -> set[str]:
+    """The keys a multirun sweeps: those given several values on its command line (read back from
+    the sweep's ``multirun.yaml``) and those a sweeper's ``params`` search (Optuna)."""
+    hc = HydraConfig.get()
+    keys = set((OmegaConf.select(hc, "sweeper.params") or {}).keys())
+    saved = Path(hc.sweep.dir) / "multirun.yaml"
+    if saved.is_file():
+        task = OmegaConf.load(saved).hydra.overrides.task
+        keys |= {o.get_key_element() for o in OverridesParser.create().parse_overrides(list(task)) if o.is_sweep_override()}
+    return keys
+
+
 def run_name() -> str | None:
-    """The job's overrides as Hydra writes them into ``override_dirname`` (keys that name the
-    sweep's plumbing, not a setting, are excluded in ``conf/config.yaml``)."""
+    """A multirun job's swept settings (``lpcam.k=6,lpcam/aggregation=max``), which tell the jobs
+    of a sweep apart; else the job's overrides as ``override_dirname`` (plumbing keys excluded in
+    ``conf/config.yaml``); None (W&B picks a name) without overrides."""
     if not HydraConfig.initialized():
         return None
+    if sweep_group() is not None and (keys := swept_keys()):
+        job = OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
+        return ",".join(o.input_line for o in job if o.get_key_element() in keys) or None
     return HydraConfig.get().job.override_dirname or None
 
 

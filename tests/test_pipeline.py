@@ -91,3 +91,40 @@ def test_command_line_reports_bad_input_without_traceback(tmp_path):
     assert proc.returncode == 1
     assert "lpcam: error:" in proc.stderr and "JPEGImages/<id>.jpg" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_train_and_evaluate_as_separate_stages_share_the_cached_classifier(tiny, tmp_path):
+    from lpcam.errors import MissingInput
+
+    with pytest.raises(MissingInput, match="stage=evaluate: no classifier trained with this config"):
+        run(tiny("stage=evaluate", run="too_early"))
+    assert run(tiny("stage=train", run="train")) is None
+    assert (tmp_path / "train" / "prototypes.pt").is_file() and not (tmp_path / "train" / "results.json").exists()
+    (entry,) = [p for p in (tmp_path / "cache" / "classifiers").iterdir() if p.is_dir()]
+    assert (entry / "best.ckpt").is_file() and "num_train: 64" in (entry / "training_config.yaml").read_text()
+    evaluated = run(tiny("stage=evaluate", run="eval"))
+    assert evaluated["timings_s"]["train"] == 0 and evaluated["timings_s"]["features"] == 0  # carried prototypes
+    # an LPCAM setting is not part of the classifier's key: reused; a training setting is
+    k4 = run(tiny("stage=evaluate", "lpcam.k=4", run="k4"))
+    assert k4["timings_s"]["train"] == 0 and k4["lpcam"]["k"] == 4
+    assert k4["methods"]["cam"]["curve"] == evaluated["methods"]["cam"]["curve"]
+    with pytest.raises(MissingInput):
+        run(tiny("stage=evaluate", "trainer.max_epochs=3", run="other"))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("lpcam.k=0", "lpcam.k=0: expected a whole number"),
+        ("lpcam.tau=1.5", "lpcam.tau=1.5: expected a CAM threshold in"),
+        ("lpcam.context_min=0.95", "lpcam.context_min=0.95: expected a score in"),
+        ("lpcam.score=logit", "lpcam.score='logit'"),
+        ("stage=deploy", "stage='deploy': expected one of all, train, evaluate"),
+    ],
+)
+def test_bad_settings_are_refused_before_any_work(tiny, tmp_path, override, message):
+    from lpcam.errors import InputError
+
+    with pytest.raises(InputError, match=message):
+        run(tiny(override, run="bad"))
+    assert not (tmp_path / "data").exists()  # refused before generating or training anything

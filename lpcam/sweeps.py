@@ -1,0 +1,194 @@
+"""Reading a sweep directory back: every job's results.json (or error.json), as tables and plots.
+
+A Hydra multirun writes one folder per job (``<sweep dir>/<job number>/``) holding the job's
+``results.json`` (lpcam/results.py) and ``.hydra/overrides.yaml``; a failed job holds
+``error.json`` instead (lpcam/run.py). :func:`sweep_report` turns those into ``report.md`` and PNG
+plots, so a sweep can be compared without W&B.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import yaml  # noqa: E402  (PyYAML comes with omegaconf)
+
+
+@dataclass
+class Job:
+    """One job of a sweep: where it ran, its overrides, and its results or its error."""
+
+    path: Path
+    overrides: list[str]
+    results: dict | None = None
+    error: dict | None = None
+    settings: dict[str, str] = field(default_factory=dict)  # the overrides that differ across jobs
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.settings.items()) or self.path.name
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.results["timings_s"].values()) if self.results else 0.0
+
+
+def _job_number(path: Path) -> tuple[int, str]:
+    return (int(path.name), "") if path.name.isdigit() else (1 << 30, path.name)
+
+
+def read_sweep(sweep_dir: str | Path) -> list[Job]:
+    """The sweep's jobs in job order; each job's ``settings`` are the overrides that vary."""
+    sweep_dir = Path(sweep_dir)
+    folders = {p.parent for p in sweep_dir.glob("*/results.json")} | {p.parent for p in sweep_dir.glob("*/error.json")}
+    if not folders:
+        raise FileNotFoundError(f"{sweep_dir}: no job folder with a results.json or error.json (is it a sweep directory?)")
+    jobs = []
+    for folder in sorted(folders, key=_job_number):
+        overrides_file = folder / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
+        results = folder / "results.json"
+        error = folder / "error.json"
+        jobs.append(
+            Job(
+                folder,
+                list(overrides or []),
+                json.loads(results.read_text()) if results.is_file() else None,
+                json.loads(error.read_text()) if error.is_file() and not results.is_file() else None,
+            )
+        )
+    parsed = [dict(o.split("=", 1) for o in job.overrides if "=" in o) for job in jobs]
+    varying = [k for k in dict.fromkeys(k for p in parsed for k in p) if len({p.get(k) for p in parsed}) > 1]
+    for job, p in zip(jobs, parsed):
+        job.settings = {k: p.get(k, "(default)") for k in varying}
+    return jobs
+
+
+def markdown_table(jobs: list[Job]) -> str:
+    """Job settings / method × best-threshold seed metrics, mIoU at the default threshold, time."""
+    lines = [
+        "| settings | method | mIoU | thr. | FP | FN | precision | recall | mIoU @ default | job time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for job in jobs:
+        if job.results is None:
+            continue
+        for method, r in job.results["methods"].items():
+            b, d = r["best"], r["default"]
+            lines.append(
+                f"| {job.label} | {method} | {b['miou']:.1f} | {b['threshold']:.2f} | {b['fp']:.1f} | {b['fn']:.1f} "
+                f"| {b['precision']:.1f} | {b['recall']:.1f} | {d['miou']:.1f} | {job.seconds:.0f} |"
+            )
+    return "\n".join(lines)
+
+
+def failures_section(jobs: list[Job]) -> str:
+    failed = [j for j in jobs if j.results is None]
+    if not failed:
+        return ""
+    lines = ["## Failed jobs", "", "| job | settings | error (the job's error.json and log have the rest) |", "|---|---|---|"]
+    for job in failed:
+        message = (job.error or {}).get("error", "no results.json and no error.json (interrupted?)")
+        lines.append(f"| {job.path.name} | {job.label} | {message.replace('|', '/')} |")
+    return "\n".join(lines)
+
+
+def _setting(job: Job, key: str):
+    return job.results["lpcam"].get(key)
+
+
+def plot_miou_vs_k(jobs: list[Job], path: Path) -> Path | None:
+    """LPCAM's best mIoU against K, one line per aggregation rule (mean ± std over the jobs that
+    share K and the rule, e.g. seeds), CAM's mean as a reference line. None if K did not vary."""
+    done = [j for j in jobs if j.results]
+    if len({_setting(j, "k") for j in done}) < 2:
+        return None
+    series: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for j in done:
+        series[_setting(j, "aggregation")][_setting(j, "k")].append(j.results["methods"]["lpcam"]["best"]["miou"])
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for rule, by_k in sorted(series.items()):
+        ks = sorted(by_k)
+        means = [statistics.fmean(by_k[k]) for k in ks]
+        stds = [statistics.stdev(by_k[k]) if len(by_k[k]) > 1 else 0.0 for k in ks]
+        ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label=f"LPCAM ({rule})")
+    cam = statistics.fmean(j.results["methods"]["cam"]["best"]["miou"] for j in done)
+    ax.axhline(cam, color="grey", linestyle="--", label="CAM")
+    ax.set(xlabel="K (k-means centres per class)", ylabel="seed mIoU (best threshold)", title="mIoU vs K")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def best_job(jobs: list[Job]) -> Job | None:
+    done = [j for j in jobs if j.results]
+    return max(done, key=lambda j: j.results["methods"]["lpcam"]["best"]["miou"]) if done else None
+
+
+def plot_threshold_curves(job: Job, path: Path) -> Path:
+    """mIoU against the background threshold, one line per method, for one job."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for method, r in job.results["methods"].items():
+        ax.plot([p["threshold"] for p in r["curve"]], [p["miou"] for p in r["curve"]], label=method, lw=1.5)
+    ax.set(xlabel="background threshold", ylabel="seed mIoU", title=f"mIoU vs threshold ({job.label})")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def plot_per_class_iou(job: Job, path: Path) -> Path:
+    """Per-class IoU, methods side by side, for one job."""
+    methods = list(job.results["methods"])
+    classes = list(job.results["methods"][methods[0]]["per_class_iou"])
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(max(5.5, 0.6 * len(classes) * len(methods) ** 0.5), 3.8))
+    for i, m in enumerate(methods):
+        values = [job.results["methods"][m]["per_class_iou"][c] for c in classes]
+        ax.bar([x + i * width for x in range(len(classes))], values, width, label=m)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(classes))], classes, rotation=45, ha="right", fontsize=8)
+    ax.set(ylabel="IoU (best threshold)", title=f"per-class IoU ({job.label})")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write ``report.md`` and its plots (into ``out_dir``, default the sweep directory)."""
+    jobs = read_sweep(sweep_dir)
+    out = Path(out_dir or sweep_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    done = [j for j in jobs if j.results]
+    parts = [
+        f"# Sweep report: {Path(sweep_dir)}",
+        "",
+        f"{len(done)} of {len(jobs)} jobs finished"
+        + (f"; varying: {', '.join(jobs[0].settings)}" if jobs[0].settings else "")
+        + ". mIoU, FP, FN, precision and recall (%) at each method's best background threshold.",
+        "",
+        markdown_table(jobs),
+        "",
+    ]
+    images = []
+    if (p := plot_miou_vs_k(jobs, out / "miou_vs_k.png")) is not None:
+        images.append(("mIoU vs K per aggregation rule", p))
+    if (best := best_job(jobs)) is not None:
+        images.append((f"mIoU vs background threshold per method (best LPCAM job: {best.label})", plot_threshold_curves(best, out / "miou_vs_threshold.png")))
+        images.append((f"per-class IoU (best LPCAM job: {best.label})", plot_per_class_iou(best, out / "per_class_iou.png")))
+    for title, p in images:
+        parts += [f"## {title}", "", f"![{title}]({p.name})", ""]
+    if failures := failures_section(jobs):
+        parts += [failures, ""]
+    report = out / "report.md"
+    report.write_text("\n".join(parts))
+    return report
