@@ -38,3 +38,31 @@ def test_weights_from_a_file_and_clear_errors(tmp_path, monkeypatch):
         torchvision_resnet("resnet18", pretrained=True)
     with pytest.raises(ValueError, match="output_stride"):
         torchvision_resnet("resnet18", output_stride=4)
+
+
+def test_a_backbone_added_by_one_yaml_in_the_users_config_folder(tiny, tmp_path):
+    # what the README tells a user to do: one file in their own config folder, no code change
+    from lpcam.pipeline import run
+
+    folder = tmp_path / "my_conf" / "backbone"
+    folder.mkdir(parents=True)
+    (folder / "slim_resnet.yaml").write_text(
+        "_target_: lpcam.models.backbones.small_resnet\nwidths: [16, 32, 48]\nblocks: [1, 1, 1]\nstrides: [2, 2, 1]\n"
+    )
+    cfg = tiny(f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "backbone=slim_resnet")
+    results = run(cfg)
+    assert results["backbone"] == "small_resnet"
+    protos = torch.load(tmp_path / "run" / "prototypes.pt", weights_only=False)
+    assert protos["meta"]["dim"] == 48 and protos["class_protos"][0].shape[1] == 48
+    assert results["methods"]["lpcam"]["best"]["miou"] > 0
+
+
+def test_paper_experiment_config_states_the_recipe():
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["experiment=voc_resnet50"])
+    assert cfg.backbone.arch == "resnet50" and cfg.backbone.output_stride == 16 and cfg.backbone.pretrained
+    assert cfg.dataset.name == "voc" and cfg.dataset.batch_size == 16 and cfg.dataset.train_transform.crop == 512
+    assert cfg.trainer.max_epochs == 5 and cfg.model.lr == 0.1 and cfg.model.classifier_lr_mult == 10
+    assert list(cfg.evaluation.scales) == [1.0, 0.5, 1.5, 2.0]
+    assert (cfg.lpcam.k, cfg.lpcam.tau, cfg.lpcam.mu_fg, cfg.lpcam.mu_bg) == (12, 0.1, 0.9, 0.9)

@@ -61,7 +61,7 @@ def test_unknown_baseline_is_refused_with_the_known_names():
 
 
 def test_pipeline_evaluates_baselines_beside_cam_and_lpcam(tiny):
-    results = run(tiny("method=gradcam", "evaluation.scales=[1.0]"))
+    results = run(tiny("method=gradcam", "evaluation.scales=[1.0]", "evaluation.flip=false"))  # one view for all
     assert list(results["methods"])[-1] == "gradcam"
     r, cam = results["methods"]["gradcam"], results["methods"]["cam"]
     assert len(r["curve"]) == 20 and r["part_recall"]

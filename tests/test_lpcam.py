@@ -115,3 +115,18 @@ def test_maps_by_rule_equal_one_rule_at_a_time():
     together = lpcam_maps_by_rule(views, protos, (6, 6), aggregation.RULES)
     for name, rule in aggregation.RULES.items():
         torch.testing.assert_close(together[name], lpcam_maps(views, protos, (6, 6), rule))
+
+
+def test_a_class_without_prototypes_gets_an_empty_map_not_nans():
+    from lpcam.prototypes.build import cluster_and_select
+    from lpcam.prototypes.pool import FeaturePool
+
+    pool = FeaturePool(num_classes=2, dim=2, cap=100)
+    feats = torch.tensor([[1.0, 0.9], [0.0, 0.1]]).view(2, 1, 2)  # (D, h, w): two positions
+    pool.add(0, feats, torch.tensor([[True, False]]))
+    pool.add(1, feats, torch.tensor([[False, False]]))  # class 1: its CAM is below tau everywhere
+    weights = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    fg, ctx, fg_s, ctx_s, stats = cluster_and_select(pool, weights, ["a", "b"], k=1, progress=False)
+    assert len(fg[1]) == 0 and len(ctx[1]) == 0 and stats["b"]["no_foreground"]
+    maps = lpcam_maps([torch.rand(1, 1, 2, 3, 3)], Prototypes(fg, ctx, {}, stats, fg_s, ctx_s), size=(3, 3))
+    assert torch.isfinite(maps).all() and maps[0, 1].abs().sum() == 0 and maps[0, 0].max() > 0

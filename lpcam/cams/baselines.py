@@ -1,9 +1,11 @@
 """The CAM methods people already compare against, through the grad-cam package (pytorch-grad-cam).
 
-Each baseline is the package's class, applied to the same classifier, at the same scales and flips
-as CAM, for every class labelled in an image, so that the seed evaluation compares the methods and
-nothing else. Per view the package returns a map min-max normalised per image at the view's size;
-the views are flipped back, resized to the image, summed and max-normalised like CAM's.
+Each baseline is the package's class, applied to the same classifier, for every class labelled in
+an image, and scored by the same seed evaluation. By default it sees one view (the image at scale
+1, the package's usual use); ``evaluation.baseline_scales``/``baseline_flip`` give it CAM's test-time
+views instead, at one backward pass (ScoreCAM: one forward per channel) per view. Per view the
+package returns a map min-max normalised per image; the views are flipped back, resized to the
+image, summed and max-normalised like CAM's.
 
 Gradient methods need autograd during evaluation: the evaluation trainer then runs with
 ``inference_mode=False`` (see :attr:`lpcam.evaluator.CamEvaluator.needs_gradients`).
@@ -51,15 +53,23 @@ def baseline_maps(
     classifier: Classifier,
     images: Tensor,
     labels: Tensor,
-    scales: Sequence[float],
-    flip: bool,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
 ) -> Tensor:
-    """(B, C, H, W) maps of baseline ``name`` for the labelled classes (the others stay zero)."""
+    """(B, C, H, W) maps of baseline ``name`` for the labelled classes (the others stay zero).
+
+    Every (image, labelled class) pair of the batch goes through the package in one call per
+    view, each pair with its own target, rather than one call per class.
+    """
     method = BASELINES[name]
     size = images.shape[-2:]
     out = images.new_zeros(len(images), labels.shape[1], *size)
+    pairs = torch.nonzero(labels)  # (n, 2): image index, class index
+    if not len(pairs):
+        return out
     if name == "scorecam":
         _quiet_scorecam()
+    targets = [ClassifierOutputTarget(int(c)) for c in pairs[:, 1]]
     with method(model=classifier, target_layers=[classifier.backbone]) as cam:
         if name == "scorecam":
             cam.batch_size = SCORECAM_BATCH
@@ -67,11 +77,8 @@ def baseline_maps(
             x = images if s == 1 else F.interpolate(images, scale_factor=s, mode="bilinear", align_corners=False)
             for mirrored in (False, True) if flip else (False,):
                 view = x.flip(-1) if mirrored else x
-                for c in torch.nonzero(labels.sum(0)).flatten().tolist():
-                    idx = torch.nonzero(labels[:, c]).flatten()
-                    maps = torch.from_numpy(cam(input_tensor=view[idx], targets=[ClassifierOutputTarget(c)] * len(idx)))
-                    maps = maps.to(images)[:, None]
-                    if mirrored:
-                        maps = maps.flip(-1)
-                    out[idx, c] += F.interpolate(maps, size=size, mode="bilinear", align_corners=False)[:, 0]
+                maps = torch.from_numpy(cam(input_tensor=view[pairs[:, 0]], targets=targets)).to(images)[:, None]
+                if mirrored:
+                    maps = maps.flip(-1)
+                out[pairs[:, 0], pairs[:, 1]] += F.interpolate(maps, size=size, mode="bilinear", align_corners=False)[:, 0]
     return max_normalise(out)

@@ -44,6 +44,8 @@ def lpcam_maps_by_rule(
             out = sims.new_zeros(sims.shape[0], num_classes, *sims.shape[2:])
             for c in classes:
                 fg, bg = fg_slices[c], bg_slices[c]
+                if fg.stop == fg.start:  # a class without prototypes (see cluster_and_select): empty map
+                    continue
                 out[:, c] = rule(sims[:, fg], sims[:, bg], scores[fg], scores[bg])
             per_scale[name].append(out)
     return {name: merge_scales(maps, size) for name, maps in per_scale.items()}

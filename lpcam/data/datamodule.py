@@ -8,7 +8,7 @@ from typing import Sequence
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from lpcam.data.synthetic import SyntheticParts
+from lpcam.data.generated import GeneratedDataset
 from lpcam.data.transforms import TrainTransform
 from lpcam.data.voc import VOCSegmentation, read_class_names
 
@@ -38,7 +38,7 @@ class VOCDataModule(pl.LightningDataModule):
         eval_batch_size: int = 1,
         num_workers: int = 0,
         train_transform: TrainTransform | None = None,
-        generator: SyntheticParts | None = None,
+        generator: GeneratedDataset | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser()

@@ -27,20 +27,13 @@ the object every body position "sees" the head and CAM covers the body anyway.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import shutil
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from lpcam.data.palette import save_palette_png
-from lpcam.data.voc import labels_from_mask
+from lpcam.data.generated import GeneratedDataset
 
 GENERATOR_VERSION = 1
 
@@ -73,8 +66,10 @@ _BODIES = (
 
 
 @dataclass
-class SyntheticParts:
+class SyntheticParts(GeneratedDataset):
     """Parameters of the generated benchmark; ``write(root)`` materialises it in the VOC layout."""
+
+    name = "synthetic_parts"
 
     num_classes: int = 6
     group_size: int = 2
@@ -109,69 +104,14 @@ class SyntheticParts:
         """Index into _BODIES of the body texture of class ``c`` (0-based foreground index)."""
         return c // self.group_size if self.shared_bodies else c
 
-    # -- on-disk cache ---------------------------------------------------------------------------
-    def matches(self, root: Path) -> bool:
-        meta = Path(root) / "meta.json"
-        return meta.is_file() and json.loads(meta.read_text()) == self._meta()
-
-    def _meta(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
-
-    def fingerprint(self) -> str:
-        """8 hex digits naming these parameters: datasets of different parameters get different
-        folders, so sweeps over them (or parallel jobs) never overwrite each other's data."""
-        return hashlib.sha1(json.dumps(self._meta(), sort_keys=True).encode()).hexdigest()[:8]
-
-    def write(self, root: str | Path, progress: bool = True) -> Path:
-        """Generate the dataset under ``root`` unless it is already there with the same parameters.
-
-        Written into a temporary sibling folder (named for this process) and renamed at the end, so
-        an interrupted run never leaves a half-written dataset that a later run would trust, and
-        two jobs generating the same dataset at once do not collide: the second rename finds the
-        first's complete copy and drops its own.
-        """
-        root = Path(root)
-        if self.matches(root):
-            return root
-        tmp = root.with_name(f"{root.name}.partial-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        for sub in ("JPEGImages", "SegmentationClass", "SegmentationPart", "ImageSets/Segmentation"):
-            (tmp / sub).mkdir(parents=True, exist_ok=True)
-        rng = np.random.default_rng(self.seed)
-        total = self.num_train + self.num_val
-        ids = [f"{i:06d}" for i in range(total)]
-        labels: dict[str, np.ndarray] = {}
-        for name in tqdm(ids, desc=f"generating synthetic_parts in {root}", disable=not progress, leave=False):
-            image, seg, parts = self.sample(rng)
-            Image.fromarray(image).save(tmp / "JPEGImages" / f"{name}.jpg", quality=95)
-            save_palette_png(seg, tmp / "SegmentationClass" / f"{name}.png")
-            Image.fromarray(parts).save(tmp / "SegmentationPart" / f"{name}.png")
-            labels[name] = labels_from_mask(seg, self.num_classes)
-        splits = {
-            "train_aug": ids[: self.num_train],
-            "train": ids[: self.num_eval],
-            "val": ids[self.num_train :],
-        }
-        for split, names in splits.items():
-            (tmp / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
-        np.save(tmp / "cls_labels.npy", labels, allow_pickle=True)
-        (tmp / "classes.txt").write_text("\n".join(self.class_names) + "\n")
-        (tmp / "meta.json").write_text(json.dumps(self._meta(), indent=1))
-        if self.matches(root):  # another job finished the same dataset meanwhile
-            shutil.rmtree(tmp)
-            return root
-        shutil.rmtree(root, ignore_errors=True)
-        tmp.rename(root)
-        return root
-
     # -- drawing ---------------------------------------------------------------------------------
-    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def sample(self, rng: np.random.Generator, index: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One image (H, W, 3) uint8, its class map (0 bg, 1..C) and part map (0, 1 head, 2 body)."""
         s = self.image_size
         yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
-        image = _background(rng, s)
+        image = noise_background(rng, s)
         for _ in range(rng.integers(self.clutter[0], self.clutter[1] + 1)):
-            _draw_clutter(rng, image, xx, yy)
+            draw_clutter(rng, image, xx, yy)
         seg = np.zeros((s, s), np.uint8)
         parts = np.zeros((s, s), np.uint8)
         n_obj = int(rng.integers(1, self.max_objects + 1))
@@ -236,14 +176,14 @@ def _texture(pattern: str, u, v, a, b, period: float, angle: float) -> np.ndarra
     return np.where(on[:, None], a[None], b[None]).astype(np.float32)
 
 
-def _background(rng: np.random.Generator, s: int) -> np.ndarray:
+def noise_background(rng: np.random.Generator, s: int) -> np.ndarray:
     """Low-frequency coloured noise: a 6×6 random grid upsampled bilinearly."""
     coarse = rng.uniform(0.15, 0.65, size=(6, 6, 3)).astype(np.float32)
     img = Image.fromarray((coarse * 255).astype(np.uint8)).resize((s, s), Image.BILINEAR)
     return np.asarray(img, np.float32) / 255
 
 
-def _draw_clutter(rng: np.random.Generator, image: np.ndarray, xx: np.ndarray, yy: np.ndarray) -> None:
+def draw_clutter(rng: np.random.Generator, image: np.ndarray, xx: np.ndarray, yy: np.ndarray) -> None:
     """A random textured ellipse or rectangle: background that is not plain, as in real photos."""
     s = image.shape[0]
     cx, cy = rng.uniform(0, s, size=2)

@@ -111,10 +111,19 @@ def cluster_and_select(
     for c, name in enumerate(tqdm(class_names, desc="prototypes: k-means", disable=not progress, leave=False)):
         fg_rows, bg_rows = pool.fg[c].rows, pool.bg[c].rows
         if not len(fg_rows):
-            raise ValueError(
-                f"prototypes: class {name!r} has no feature with CAM > τ in the training split; "
-                f"is it labelled in any training image? (lower lpcam.tau if the CAMs are weak)"
+            # a class never labelled, or whose CAM is zero everywhere: no prototype, LPCAM map zero
+            log.warning(
+                "prototypes: class %r has no feature with CAM > lpcam.tau in the training split (is it labelled "
+                "in any training image? are its CAMs all zero?); its LPCAM map will be empty",
+                name,
             )
+            empty = weights.new_zeros(0, weights.shape[1])
+            class_protos.append(empty)
+            context_protos.append(empty)
+            class_scores.append(weights.new_zeros(0))
+            context_scores.append(weights.new_zeros(0))
+            stats[name] = {"no_foreground": True, "fg_pool": 0, "bg_pool": pool.bg[c].seen, "halo_share": None}
+            continue
         fg = kmeans(fg_rows, k, metric=kmeans_metric, max_iter=kmeans_max_iter, seed=seed)
         bg = kmeans(bg_rows, k, metric=kmeans_metric, max_iter=kmeans_max_iter, seed=seed) if len(bg_rows) else None
         bg_centres = bg.centres if bg is not None else weights.new_zeros(0, weights.shape[1])
