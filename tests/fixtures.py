@@ -45,3 +45,45 @@ def make_voc_fixture(root: Path, num_images: int = 24, num_classes: int = 20, se
     for split, names in splits.items():
         (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
     return root
+
+
+COCO_CATEGORIES = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 18, "name": "dog"}]  # ids as sparse as COCO's
+
+
+def make_coco_fixture(root: Path, num_images: int = 30, seed: int = 0) -> Path:
+    """COCO 2014 as distributed: <split>/COCO_<split>_<id>.jpg and annotations/instances_<split>.json
+    with polygon instances (category ids not contiguous), one crowd region per split, and one image
+    without annotations (which WSSS leaves out)."""
+    import json
+
+    rng = np.random.default_rng(seed)
+    colours = rng.uniform(0, 1, size=(len(COCO_CATEGORIES), 3))
+    (root / "annotations").mkdir(parents=True)
+    for split, offset in (("train2014", 0), ("val2014", 10_000)):
+        (root / split).mkdir()
+        images, annotations = [], []
+        n = num_images if split == "train2014" else num_images // 3
+        for i in range(n + 1):
+            image_id = offset + i + 1
+            h, w = int(rng.integers(56, 80)), int(rng.integers(56, 80))
+            classes = [] if i == n else sorted({i % 3, int(rng.integers(3))})
+            image, mask = _draw_objects(rng, h, w, classes, colours)
+            name = f"COCO_{split}_{image_id:012d}.jpg"
+            Image.fromarray(image).save(root / split / name)
+            images.append({"id": image_id, "file_name": name, "height": h, "width": w})
+            for c in classes:
+                ys, xs = np.nonzero(mask == c + 1)
+                x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+                annotations.append({
+                    "id": len(annotations) + 1, "image_id": image_id, "category_id": COCO_CATEGORIES[c]["id"],
+                    "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]], "area": float((x1 - x0) * (y1 - y0)),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0], "iscrowd": 0,
+                })  # fmt: skip
+            if i == 0:  # a crowd region in the corner: ignored in the mask, not a label
+                annotations.append({
+                    "id": len(annotations) + 1, "image_id": image_id, "category_id": 18,
+                    "segmentation": [[0, 0, 6, 0, 6, 6, 0, 6]], "area": 36.0, "bbox": [0, 0, 6, 6], "iscrowd": 1,
+                })  # fmt: skip
+        data = {"images": images, "annotations": annotations, "categories": COCO_CATEGORIES}
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+    return root

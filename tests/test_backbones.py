@@ -66,3 +66,53 @@ def test_paper_experiment_config_states_the_recipe():
     assert cfg.trainer.max_epochs == 5 and cfg.model.lr == 0.1 and cfg.model.classifier_lr_mult == 10
     assert list(cfg.evaluation.scales) == [1.0, 0.5, 1.5, 2.0]
     assert (cfg.lpcam.k, cfg.lpcam.tau, cfg.lpcam.mu_fg, cfg.lpcam.mu_bg) == (12, 0.1, 0.9, 0.9)
+
+
+def test_timm_cnn_last_feature_map_at_the_asked_stride():
+    from lpcam.models.timm_backbones import timm_cnn
+
+    net = timm_cnn("resnet18", output_stride=16).eval()
+    with torch.no_grad():
+        out = net(torch.rand(1, 3, 64, 96))
+    assert out.shape == (1, 512, 4, 6) and net.stride == 16 and net.out_channels == 512 and net.layer == "layer4"
+
+
+def test_vit_patch_tokens_form_a_map_at_any_input_size():
+    from lpcam.models.timm_backbones import vit_tokens
+
+    net = vit_tokens("deit_tiny_patch16_224").eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, 3, 64, 96))
+        odd = net(torch.rand(1, 3, 72, 100))  # padded to whole patches
+    assert out.shape == (2, 192, 4, 6) and odd.shape == (1, 192, 5, 7)
+    assert net.stride == 16 and net.layer == "blocks"
+    # a token's feature depends on its own patch: changing one corner patch changes that position most
+    x = torch.rand(1, 3, 64, 64)
+    y = x.clone()
+    y[..., :16, :16] = 0
+    with torch.no_grad():
+        diff = (net(x) - net(y)).norm(dim=1)[0]
+    assert diff.argmax() == 0
+
+
+def test_timm_weights_from_a_file_and_a_clear_error_without_them(tmp_path):
+    import timm
+
+    from lpcam.models.timm_backbones import timm_cnn, vit_tokens
+
+    state = timm.create_model("deit_tiny_patch16_224", num_classes=0).state_dict()
+    torch.save(state, tmp_path / "deit.pth")
+    net = vit_tokens("deit_tiny_patch16_224", weights=str(tmp_path / "deit.pth"))
+    assert torch.equal(net.body.net.pos_embed, state["pos_embed"])
+    with pytest.raises(MissingInput, match="backbone.weights=.*no such file"):
+        timm_cnn("resnet18", weights=str(tmp_path / "missing.pth"))
+    with pytest.raises(MissingInput, match="not in the local Hugging Face cache"):
+        timm_cnn("resnet18", pretrained=True)
+
+
+def test_pipeline_runs_on_a_vit(tiny):
+    from lpcam.pipeline import run
+
+    results = run(tiny("backbone=deit_small", "backbone.model_name=deit_tiny_patch16_224"))
+    assert results["backbone"] == "deit_tiny_patch16_224"
+    assert all(c["class"] >= 1 for c in results["lpcam"]["prototypes"].values())

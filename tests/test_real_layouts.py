@@ -1,6 +1,8 @@
 """The real datasets' configs on fixture folders in their layouts: train, prototypes, evaluation."""
 
-from lpcam.data.voc import VOC_CLASSES
+import pytest
+
+from lpcam.data.voc import VOC_CLASSES, DatasetLayoutError
 from lpcam.pipeline import run
 from lpcam.prototypes.store import Prototypes
 from tests.conftest import compose_config
@@ -37,3 +39,37 @@ def test_voc_config_on_a_voc2012_layout_fixture(tmp_path):
     stats = Prototypes.load(tmp_path / "run" / "prototypes.pt").stats
     assert all(stats[name].get("no_foreground") for name in set(VOC_CLASSES) - built)
     assert 0 < results["methods"]["lpcam"]["best"]["miou"] <= 100
+
+
+def test_coco_reader_masks_labels_and_per_class_sampling(tmp_path):
+    from lpcam.data.coco import CocoDataModule, CocoSegmentation
+    from tests.fixtures import make_coco_fixture
+
+    root = make_coco_fixture(tmp_path / "COCO2014")
+    ds = CocoSegmentation(root, "train2014")
+    assert ds.class_names == ["person", "car", "dog"] and len(ds) == 30  # the unannotated image left out
+    first = ds[0]
+    mask = first["mask"]
+    assert (mask[:6, :6] == 255).all()  # the crowd region is ignored
+    assert set(mask.unique().tolist()) - {0, 255} == {c + 1 for c in first["label"].nonzero().flatten().tolist()}
+    assert first["label"].sum() >= 1 and first["image"].shape[1:] == mask.shape
+    dm = CocoDataModule(str(root), images_per_class=3, seed=0, num_workers=0)
+    picked = dm.prototype_indices(ds)
+    assert 3 <= len(picked) <= 9 and all(any(p in ds.images_of_class[c] for p in picked) for c in range(3))
+    with pytest.raises(DatasetLayoutError, match="annotations/instances_train2014.json"):
+        CocoSegmentation(tmp_path / "nowhere", "train2014")
+
+
+def test_coco_config_on_a_coco2014_layout_fixture(tmp_path):
+    from tests.fixtures import make_coco_fixture
+
+    make_coco_fixture(tmp_path / "COCO2014")
+    cfg = compose_config(
+        ["dataset=coco", "dataset.images_per_class=8", *SMALL_RUN, f"data_dir={tmp_path}",
+         f"cache.dir={tmp_path / 'cache'}", f"run_dir={tmp_path / 'run'}"]  # fmt: skip
+    )
+    results = run(cfg)
+    assert results["dataset"] == "coco" and results["split"] == "train2014"
+    assert list(results["methods"]["lpcam"]["per_class_iou"]) == ["background", "person", "car", "dog"]
+    assert all(c["class"] >= 1 for c in results["lpcam"]["prototypes"].values())
+    assert 0 < results["methods"]["cam"]["best"]["miou"] <= 100

@@ -1,0 +1,174 @@
+"""MS COCO 2014 for WSSS: image-level labels and seed-evaluation masks from the instance annotations.
+
+Expected layout under ``root``::
+
+    train2014/<file_name>.jpg, val2014/<file_name>.jpg        images, as in the annotation files
+    annotations/instances_{train2014,val2014}.json           the instance annotations
+    SegmentationClass/{train2014,val2014}/<image id>.png     (optional) pre-converted class-id masks
+
+Masks come from the pre-converted PNGs when ``mask_dir`` is given (0 background, 1..80 in the
+order of the sorted category ids, 255 ignore), else from the annotations with pycocotools: each
+instance painted with its class, largest first so that small objects stay visible, crowd regions
+ignored (255). Image-level labels are the categories of an image's non-crowd instances; images
+without any are left out, as in WSSS practice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from functools import cached_property
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from lpcam.data.datamodule import VOCDataModule
+from lpcam.data.voc import DatasetLayoutError, to_tensors
+
+LAYOUT_HELP = (
+    "expected the COCO 2014 layout: <split>/<file_name>.jpg and annotations/instances_<split>.json "
+    "(from cocodataset.org), optionally SegmentationClass/<split>/<image id>.png"
+)
+
+
+def load_coco(root: Path, split: str):
+    """pycocotools' index of ``annotations/instances_<split>.json`` (its progress prints silenced)."""
+    from pycocotools.coco import COCO
+
+    path = Path(root) / "annotations" / f"instances_{split}.json"
+    if not path.is_file():
+        raise DatasetLayoutError(f"{path}: annotation file not found; {LAYOUT_HELP}")
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(path))
+
+
+class CocoSegmentation(Dataset):
+    """COCO images with multi-hot labels and class-id masks; the same item dict as VOCSegmentation."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        transform: Callable[[dict], dict] | None = None,
+        mask_dir: str | None = None,
+        coco=None,
+    ) -> None:
+        self.root, self.split, self.transform = Path(root), split, transform
+        self.coco = coco if coco is not None else load_coco(self.root, split)
+        cats = sorted(self.coco.getCatIds())
+        self.cat_index = {cat: i for i, cat in enumerate(cats)}
+        self.class_names = [self.coco.cats[c]["name"] for c in cats]
+        self.mask_dir = Path(mask_dir) if mask_dir else None
+        self.ids = [i for i in sorted(self.coco.getImgIds()) if self._categories(i)]
+        if not self.ids:
+            raise DatasetLayoutError(f"{self.root}: split {split} has no image with a non-crowd annotation")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def _annotations(self, image_id: int) -> list[dict]:
+        return self.coco.loadAnns(self.coco.getAnnIds(imgIds=image_id))
+
+    def _categories(self, image_id: int) -> set[int]:
+        return {self.cat_index[a["category_id"]] for a in self._annotations(image_id) if not a.get("iscrowd", 0)}
+
+    @cached_property
+    def images_of_class(self) -> list[list[int]]:
+        """For each class, the dataset indices of the images labelled with it."""
+        out: list[list[int]] = [[] for _ in self.class_names]
+        for index, image_id in enumerate(self.ids):
+            for c in self._categories(image_id):
+                out[c].append(index)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def read_mask(self, image_id: int, height: int, width: int) -> np.ndarray:
+        if self.mask_dir is not None:
+            path = self.mask_dir / self.split / f"{image_id}.png"
+            if not path.is_file():
+                raise DatasetLayoutError(f"{path}: pre-converted mask not found; {LAYOUT_HELP}")
+            return np.asarray(Image.open(path))
+        mask = np.zeros((height, width), np.uint8)
+        for ann in sorted(self._annotations(image_id), key=lambda a: -a.get("area", 0)):
+            pixels = self.coco.annToMask(ann) > 0
+            mask[pixels] = 255 if ann.get("iscrowd", 0) else self.cat_index[ann["category_id"]] + 1
+        return mask
+
+    def __getitem__(self, i: int) -> dict:
+        image_id = self.ids[i]
+        info = self.coco.imgs[image_id]
+        path = self.root / self.split / info["file_name"]
+        if not path.is_file():
+            raise DatasetLayoutError(f"{path}: image not found; {LAYOUT_HELP}")
+        image = np.asarray(Image.open(path).convert("RGB"))
+        mask = self.read_mask(image_id, *image.shape[:2])
+        label = np.zeros(self.num_classes, np.float32)
+        label[list(self._categories(image_id))] = 1
+        item = {"image": image, "mask": mask, "parts": np.zeros_like(mask), "label": label, "index": i}
+        if self.transform is not None:
+            item = self.transform(item)
+        return to_tensors(item)
+
+
+class CocoDataModule(VOCDataModule):
+    """The VOCDataModule's stages over COCO splits; prototypes from a per-class image sample.
+
+    ``images_per_class`` (the paper: 100) bounds the prototype build on a dataset of 82k images:
+    for each class that many of its images are drawn (seeded), and their union is the prototype
+    split; every labelled class of a drawn image contributes its features, so a class gets at
+    least that many images when it has them.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        name: str = "coco",
+        train_split: str = "train2014",
+        val_split: str | None = "val2014",
+        eval_split: str = "train2014",
+        mask_dir: str | None = None,
+        images_per_class: int | None = 100,
+        seed: int = 0,
+        **kwargs,
+    ) -> None:
+        super().__init__(root, name=name, train_split=train_split, val_split=val_split, eval_split=eval_split, **kwargs)
+        self.mask_dir = mask_dir
+        self.images_per_class, self.seed = images_per_class, seed
+        self._coco: dict[str, object] = {}
+
+    def _index(self, split: str):
+        if split not in self._coco:  # the annotation index is large: load each split once
+            self._coco[split] = load_coco(self.root, split)
+        return self._coco[split]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.dataset(self.train_split).class_names
+
+    def dataset(self, split: str, augment: bool = False) -> CocoSegmentation:
+        transform = self.train_transform if augment else None
+        return CocoSegmentation(self.root, split, transform, self.mask_dir, coco=self._index(split))
+
+    def prototype_indices(self, dataset: CocoSegmentation) -> Sequence[int]:
+        if not self.images_per_class:
+            return range(len(dataset))
+        rng = np.random.default_rng(self.seed)
+        chosen: set[int] = set()
+        for images in dataset.images_of_class:
+            take = min(self.images_per_class, len(images))
+            chosen.update(rng.choice(images, size=take, replace=False).tolist() if take else [])
+        return sorted(chosen)
+
+    def prototype_dataloader(self) -> DataLoader:
+        dataset = self.dataset(self.train_split)
+        return DataLoader(
+            Subset(dataset, list(self.prototype_indices(dataset))),
+            batch_size=self.eval_batch_size,
+            num_workers=self.num_workers,
+        )
