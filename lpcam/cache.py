@@ -21,7 +21,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from filelock import FileLock, Timeout
@@ -81,18 +81,20 @@ def locked(path: Path, what: str) -> Iterator[None]:
         lock.release()
 
 
-def publish_file(src: Path, dst: Path) -> Path:
-    """Copy ``src`` to ``dst`` atomically (temporary sibling, then rename)."""
+def _atomic(dst: Path, write: Callable[[Path], object]) -> Path:
+    """``write`` a temporary sibling of ``dst``, then rename it: readers never see half a file."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f"{dst.name}.partial-{os.getpid()}")
-    shutil.copyfile(src, tmp)
+    write(tmp)
     os.replace(tmp, dst)
     return dst
+
+
+def publish_file(src: Path, dst: Path) -> Path:
+    """Copy ``src`` to ``dst`` atomically."""
+    return _atomic(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def save_atomic(obj: Any, dst: Path) -> Path:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f"{dst.name}.partial-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, dst)
-    return dst
+    """``torch.save`` to ``dst`` atomically."""
+    return _atomic(dst, lambda tmp: torch.save(obj, tmp))
