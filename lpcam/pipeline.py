@@ -160,6 +160,46 @@ def prototypes_for_run(
     return protos, protos.meta["timings_s"]
 
 
+def results_json(
+    cfg: DictConfig, dm: VOCDataModule, backbone: str, evaluator: CamEvaluator, protos: Prototypes, train_s: float, built: dict
+) -> dict:
+    """The run's ``results.json`` (schema in shared/DESIGN.md, extra diagnostics welcome)."""
+    lpcam = cfg.lpcam
+    timings = {
+        "train": train_s,
+        "features": built.get("features", 0.0),
+        "clustering": built.get("clustering", 0.0),
+        "extraction": evaluator.timings["extraction"],  # CAM and LPCAM together (shared features)
+        "evaluation": evaluator.timings["evaluation"],
+        **{f"extraction_{b}": evaluator.timings[b] for b in evaluator.baselines},
+    }
+    return {
+        "schema": SCHEMA,
+        "dataset": dm.name,
+        "split": dm.eval_split,
+        "backbone": backbone,
+        "seed": cfg.seed,
+        "methods": evaluator.results,
+        "lpcam": {
+            "k": lpcam.k,
+            "tau": lpcam.tau,
+            "mu_fg": lpcam.mu_fg,
+            "mu_bg": lpcam.mu_bg,
+            "aggregation": evaluator.aggregation_name,
+            "score": lpcam.score,
+            "prototypes": protos.counts(),
+            "halo_share": {name: s.get("halo_share") for name, s in protos.stats.items()},
+            "prototype_parts": {
+                name: {k: s[k] for k in ("class_prototypes", "rejected_fg_centres", "context_prototypes") if k in s}
+                for name, s in protos.stats.items()
+            },
+        },
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "peak_memory_mb": peak_memory_mb(),
+        "overrides": hydra_overrides(),
+    }
+
+
 def run(cfg: DictConfig) -> dict | None:
     """Train (or load), build (or load) prototypes, evaluate CAM and LPCAM; return results.json.
 
@@ -201,38 +241,7 @@ def run(cfg: DictConfig) -> dict | None:
             cfg.trainer, logger=False, callbacks=[], precision="32-true", inference_mode=not evaluator.needs_gradients
         )
         tester.test(evaluator, datamodule=dm, verbose=False)
-        results = {
-            "schema": SCHEMA,
-            "dataset": dm.name,
-            "split": dm.eval_split,
-            "backbone": backbone.name,
-            "seed": cfg.seed,
-            "methods": evaluator.results,
-            "lpcam": {
-                "k": cfg.lpcam.k,
-                "tau": cfg.lpcam.tau,
-                "mu_fg": cfg.lpcam.mu_fg,
-                "mu_bg": cfg.lpcam.mu_bg,
-                "aggregation": evaluator.aggregation_name,
-                "score": cfg.lpcam.score,
-                "prototypes": protos.counts(),
-                "halo_share": {name: s.get("halo_share") for name, s in protos.stats.items()},
-                "prototype_parts": {
-                    name: {k: s[k] for k in ("class_prototypes", "rejected_fg_centres", "context_prototypes") if k in s}
-                    for name, s in protos.stats.items()
-                },
-            },
-            "timings_s": {
-                "train": round(train_s, 2),
-                "features": round(built.get("features", 0.0), 2),
-                "clustering": round(built.get("clustering", 0.0), 2),
-                "extraction": round(evaluator.timings["extraction"], 2),
-                "evaluation": round(evaluator.timings["evaluation"], 2),
-                **{f"extraction_{m}": round(t, 2) for m, t in evaluator.timings.items() if m not in ("extraction", "evaluation")},
-            },
-            "peak_memory_mb": peak_memory_mb(),
-            "overrides": hydra_overrides(),
-        }
+        results = results_json(cfg, dm, backbone.name, evaluator, protos, train_s, built)
         write_json(results, run_dir / "results.json")
         figure = cam_figure(evaluator.examples, evaluator.methods, dm.class_names, run_dir / "cams.png")
         log_results(loggers, results, figure)
