@@ -73,3 +73,21 @@ def test_coco_config_on_a_coco2014_layout_fixture(tmp_path):
     assert list(results["methods"]["lpcam"]["per_class_iou"]) == ["background", "person", "car", "dog"]
     assert all(c["class"] >= 1 for c in results["lpcam"]["prototypes"].values())
     assert 0 < results["methods"]["cam"]["best"]["miou"] <= 100
+
+
+def test_coco_masks_from_pre_converted_pngs_match_the_annotations(tmp_path):
+    from lpcam.data.coco import CocoSegmentation
+    from lpcam.data.palette import save_palette_png
+    from tests.fixtures import make_coco_fixture
+
+    root = make_coco_fixture(tmp_path / "COCO2014", num_images=6)
+    from_annotations = CocoSegmentation(root, "train2014")
+    (root / "SegmentationClass" / "train2014").mkdir(parents=True)
+    for i, image_id in enumerate(from_annotations.ids):  # what a conversion script writes
+        save_palette_png(from_annotations[i]["mask"].numpy().astype("uint8"), root / "SegmentationClass" / "train2014" / f"{image_id}.png")
+    from_pngs = CocoSegmentation(root, "train2014", mask_dir=str(root / "SegmentationClass"))
+    for i in range(len(from_pngs)):
+        assert (from_pngs[i]["mask"] == from_annotations[i]["mask"]).all()
+    (root / "SegmentationClass" / "train2014" / f"{from_pngs.ids[0]}.png").unlink()
+    with pytest.raises(DatasetLayoutError, match="pre-converted mask not found"):
+        from_pngs[0]
