@@ -21,9 +21,9 @@ from lpcam.prototypes.store import Prototypes
 
 class CamEvaluator(pl.LightningModule):
     """Extracts CAM and LPCAM (plus any ``compare_rules`` variants of LPCAM, sharing the same
-    similarities, and any grad-cam ``baselines`` at the same scales) for each batch of the evaluation split and accumulates one confusion matrix per
-    method and background threshold. Confusions are summed across ranks at epoch end, so the
-    numbers are the same under DDP.
+    similarities, and any grad-cam ``baselines`` at their own views) for each batch of the
+    evaluation split and accumulates one confusion matrix per method and background threshold.
+    Confusions are summed across ranks at epoch end, so the numbers are the same under DDP.
 
     After ``trainer.test``: ``results`` (method → metrics dict), ``examples`` (the first
     ``num_examples`` images with their maps, for the figure) and ``timings`` (extraction and
