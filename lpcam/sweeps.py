@@ -121,6 +121,7 @@ def plot_miou_vs_k(jobs: list[Job], path: Path) -> Path | None:
         ax.errorbar(ks, means, yerr=stds, marker="o", capsize=3, label=f"LPCAM ({rule})")
     cam = statistics.fmean(j.results["methods"]["cam"]["best"]["miou"] for j in done)
     ax.axhline(cam, color="grey", linestyle="--", label="CAM")
+    ax.set_xticks(sorted({k for by_k in series.values() for k in by_k}))  # K is a whole number
     ax.set(xlabel="K (k-means centres per class)", ylabel="seed mIoU (best threshold)", title="mIoU vs K")
     ax.legend(fontsize=8)
     return _save(fig, path)
