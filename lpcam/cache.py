@@ -17,15 +17,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
+
+from lpcam.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -81,20 +82,6 @@ def locked(path: Path, what: str) -> Iterator[None]:
         lock.release()
 
 
-def _atomic(dst: Path, write: Callable[[Path], object]) -> Path:
-    """``write`` a temporary sibling of ``dst``, then rename it: readers never see half a file."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f"{dst.name}.partial-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, dst)
-    return dst
-
-
 def publish_file(src: Path, dst: Path) -> Path:
     """Copy ``src`` to ``dst`` atomically."""
-    return _atomic(dst, lambda tmp: shutil.copyfile(src, tmp))
-
-
-def save_atomic(obj: Any, dst: Path) -> Path:
-    """``torch.save`` to ``dst`` atomically."""
-    return _atomic(dst, lambda tmp: torch.save(obj, tmp))
+    return atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))

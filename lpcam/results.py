@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import resource
 from pathlib import Path
 
 import torch
 from pytorch_lightning.loggers import Logger, WandbLogger
+
+from lpcam.atomic import atomic_write
 
 SCHEMA = 1
 
@@ -23,11 +24,7 @@ def peak_memory_mb() -> float:
 
 def write_json(data: dict, path: str | Path) -> Path:
     """Write atomically, so a reader (a sweep report) never sees half a file."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2)))
 
 
 def summary_metrics(results: dict) -> dict[str, float]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from lpcam.atomic import torch_save
 from lpcam.models.classifier import Classifier
 from lpcam.prototypes.build import build_prototypes
 from lpcam.prototypes.store import Prototypes
@@ -41,9 +42,7 @@ class PrototypeCallback(pl.Callback):
             if best:
                 ckpt = torch.load(best, map_location="cpu", weights_only=False)
                 ckpt[CHECKPOINT_KEY] = protos.to_dict()
-                tmp = Path(best + ".tmp")
-                torch.save(ckpt, tmp)
-                tmp.replace(best)
+                torch_save(ckpt, best)
         pl_module.prototypes = protos
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: Classifier, checkpoint: dict) -> None:

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from lpcam.cache import digest, locked, save_atomic, weights_digest
+from lpcam.atomic import torch_save
+from lpcam.cache import digest, locked, weights_digest
 from lpcam.cams.cam import cam_maps
 from lpcam.cams.multiscale import multiscale_features
 from lpcam.models.classifier import Classifier
@@ -85,7 +86,7 @@ def cached_features(
             log.info("prototypes: features from the cache (%s)", path)
             return FeaturePool.from_state_dict(torch.load(path, weights_only=False)), True
         pool = collect_features(model, batches, num_classes, tau, max_features_per_class, seed, progress)
-        save_atomic(pool.state_dict(), path)
+        torch_save(pool.state_dict(), path)
         return pool, False
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -10,6 +9,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from lpcam.atomic import torch_save
 from lpcam.errors import InputError, MissingInput
 
 FORMAT_VERSION = 1
@@ -89,12 +89,7 @@ class Prototypes:
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temporary file, then rename): an interrupted save leaves no half file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(self.to_dict(), tmp)
-        os.replace(tmp, path)
-        return path
+        return torch_save(self.to_dict(), path)
 
     @classmethod
     def load(cls, path: str | Path) -> "Prototypes":
