@@ -45,6 +45,11 @@ def load_coco(root: Path, split: str):
         return COCO(str(path))
 
 
+def coco_class_names(coco) -> list[str]:
+    """Class names in the order of the sorted category ids (the class index of the masks)."""
+    return [coco.cats[c]["name"] for c in sorted(coco.getCatIds())]
+
+
 class CocoSegmentation(Dataset):
     """COCO images with multi-hot labels and class-id masks; the same item dict as VOCSegmentation."""
 
@@ -58,11 +63,13 @@ class CocoSegmentation(Dataset):
     ) -> None:
         self.root, self.split, self.transform = Path(root), split, transform
         self.coco = coco if coco is not None else load_coco(self.root, split)
-        cats = sorted(self.coco.getCatIds())
-        self.cat_index = {cat: i for i, cat in enumerate(cats)}
-        self.class_names = [self.coco.cats[c]["name"] for c in cats]
+        self.cat_index = {cat: i for i, cat in enumerate(sorted(self.coco.getCatIds()))}
+        self.class_names = coco_class_names(self.coco)
         self.mask_dir = Path(mask_dir) if mask_dir else None
-        self.ids = [i for i in sorted(self.coco.getImgIds()) if self._categories(i)]
+        # each image's classes (non-crowd instances), read once; images without any are left out
+        classes = {i: self._categories(i) for i in sorted(self.coco.getImgIds())}
+        self.ids = [i for i, cs in classes.items() if cs]
+        self.classes = [classes[i] for i in self.ids]
         if not self.ids:
             raise DatasetLayoutError(f"{self.root}: split {split} has no image with a non-crowd annotation")
 
@@ -80,8 +87,8 @@ class CocoSegmentation(Dataset):
     def images_of_class(self) -> list[list[int]]:
         """For each class, the dataset indices of the images labelled with it."""
         out: list[list[int]] = [[] for _ in self.class_names]
-        for index, image_id in enumerate(self.ids):
-            for c in self._categories(image_id):
+        for index, classes in enumerate(self.classes):
+            for c in classes:
                 out[c].append(index)
         return out
 
@@ -109,7 +116,7 @@ class CocoSegmentation(Dataset):
         image = np.asarray(Image.open(path).convert("RGB"))
         mask = self.read_mask(image_id, *image.shape[:2])
         label = np.zeros(self.num_classes, np.float32)
-        label[list(self._categories(image_id))] = 1
+        label[list(self.classes[i])] = 1
         item = {"image": image, "mask": mask, "parts": np.zeros_like(mask), "label": label, "index": i}
         if self.transform is not None:
             item = self.transform(item)
@@ -149,7 +156,7 @@ class CocoDataModule(VOCDataModule):
 
     @property
     def class_names(self) -> list[str]:
-        return self.dataset(self.train_split).class_names
+        return coco_class_names(self._index(self.train_split))
 
     def dataset(self, split: str, augment: bool = False) -> CocoSegmentation:
         transform = self.train_transform if augment else None
