@@ -34,27 +34,20 @@ class HandwrittenDigits(GeneratedDataset):
 
     name = "digits"
 
-    image_size: int = 96
     digit_size: tuple[int, int] = (28, 40)
     max_objects: int = 3
     clutter: tuple[int, int] = (2, 5)
     stroke_threshold: float = 0.45
     rim_threshold: float = 0.2
-    noise: float = 0.03
-    num_train: int = 2000
-    num_eval: int = 300
-    num_val: int = 300
-    seed: int = 0
     version: int = field(default=1, init=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.digit_size, self.clutter = tuple(self.digit_size), tuple(self.clutter)  # Hydra passes lists
         if not 1 <= self.max_objects <= 10:
             raise ValueError(f"digits: max_objects must be in 1..10, got {self.max_objects}")
         if self.digit_size[1] > self.image_size:
             raise ValueError(f"digits: digit_size {self.digit_size} does not fit image_size {self.image_size}")
-        if self.num_eval > self.num_train:
-            raise ValueError("digits: num_eval must not exceed num_train (the eval split is a subset)")
 
     @property
     def class_names(self) -> list[str]:

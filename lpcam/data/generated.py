@@ -1,7 +1,6 @@
 """What every dataset the project generates itself shares: writing it once, in the VOC layout.
 
-A generator is a dataclass of parameters (``num_train``, ``num_eval``, ``num_val``, ``seed`` and its
-own) with ``class_names`` and ``sample(rng, index) -> (image, class map, part map or None)``,
+A generator is a dataclass of parameters (the shared ones below, and its own) with ``class_names`` and ``sample(rng, index) -> (image, class map, part map or None)``,
 ``index`` the image's number (the first ``num_train`` are training images, the rest validation). This base
 writes it under a folder named by a fingerprint of the parameters, so datasets of different
 parameters never overwrite each other, and reuses a folder only when its ``meta.json`` matches.
@@ -13,7 +12,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +23,23 @@ from lpcam.data.palette import save_palette_png
 from lpcam.data.voc import labels_from_mask
 
 
+@dataclass
 class GeneratedDataset:
-    """Mixin for generator dataclasses (see the module docstring)."""
+    """Base of the generator dataclasses (see the module docstring): the parameters every
+    generated dataset has, and the checks on them."""
 
     name = "generated"
-    num_train: int
-    num_eval: int
-    num_val: int
-    seed: int
+
+    image_size: int = 96
+    num_train: int = 2000
+    num_eval: int = 300  # the first num_eval training images form the seed-evaluation split
+    num_val: int = 300
+    noise: float = 0.03
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_eval > self.num_train:
+            raise ValueError(f"{self.name}: num_eval must not exceed num_train (the eval split is a subset)")
 
     @property
     def class_names(self) -> list[str]:  # pragma: no cover - every generator defines it

@@ -75,17 +75,13 @@ class SyntheticParts(GeneratedDataset):
     group_size: int = 2
     shared_bodies: bool = True
     body_tint: float = 0.0
-    image_size: int = 96
-    num_train: int = 2000
     num_eval: int = 500
-    num_val: int = 300
     max_objects: int = 2
     clutter: tuple[int, int] = (3, 6)
-    noise: float = 0.03
-    seed: int = 0
     version: int = field(default=GENERATOR_VERSION, init=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.clutter = tuple(self.clutter)  # Hydra passes ListConfig
         if not 1 <= self.num_classes <= len(CLASS_NAMES):
             raise ValueError(f"synthetic_parts: num_classes must be in 1..{len(CLASS_NAMES)}, got {self.num_classes}")
@@ -93,8 +89,6 @@ class SyntheticParts(GeneratedDataset):
             raise ValueError(
                 f"synthetic_parts: group_size={self.group_size} must divide num_classes={self.num_classes}"
             )
-        if self.num_eval > self.num_train:
-            raise ValueError("synthetic_parts: num_eval must not exceed num_train (the eval split is a subset)")
 
     @property
     def class_names(self) -> list[str]:
