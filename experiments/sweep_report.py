@@ -27,7 +27,7 @@ def main() -> None:
         jobs = read_sweep(args.sweep_dir)
     except FileNotFoundError as err:
         sys.exit(f"sweep_report: {err}")
-    report = sweep_report(args.sweep_dir, args.out)
+    report = sweep_report(args.sweep_dir, args.out, jobs)
     failed = [j for j in jobs if j.results is None]
     print(report.read_text())
     print(f"\nwritten: {report}" + (f" ({len(failed)} failed job(s) listed)" if failed else ""))

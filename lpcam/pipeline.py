@@ -145,15 +145,20 @@ def obtain_classifier(
 
 
 def prototypes_for_run(
-    cfg: DictConfig, dm: VOCDataModule, classifier: Classifier, carried: Prototypes | None, given: Prototypes | None
+    cfg: DictConfig,
+    dm: VOCDataModule,
+    classifier: Classifier,
+    carried: Prototypes | None,
+    given: Prototypes | None,
+    carried_built_here: bool,
 ) -> tuple[Prototypes, dict]:
     """The prototypes this run evaluates: the given file, else those the classifier carries when
-    they were built with this run's settings, else built now. Also returns the build's timings
-    (empty when nothing was built here)."""
+    they were built with this run's settings, else built now. Also returns the timings of a build
+    done in this run (by this function, or by the callback when ``carried_built_here``), else {}."""
     if given is not None:
         return given, {}
     if carried is not None and all(carried.meta.get(k) == v for k, v in prototype_settings(cfg).items()):
-        return carried, {}
+        return carried, carried.meta["timings_s"] if carried_built_here else {}
     protos = build_prototypes(
         classifier, dm.prototype_dataloader(), dm.class_names, dm.name, **prototype_settings(cfg), **cache_options(cfg)
     )
@@ -218,10 +223,7 @@ def run(cfg: DictConfig) -> dict | None:
         given = Prototypes.load(cfg.lpcam.prototypes_path)
         given.check_compatible(backbone.name, backbone.layer, backbone.out_channels, dm.class_names, str(cfg.lpcam.prototypes_path))
     classifier, carried, train_s = obtain_classifier(cfg, dm, backbone, run_dir, build=given is None)
-    trained_here = train_s > 0
-    protos, built = prototypes_for_run(cfg, dm, classifier, carried, given)
-    if trained_here and not built and protos is carried:
-        built = protos.meta["timings_s"]  # the callback built them in this run
+    protos, built = prototypes_for_run(cfg, dm, classifier, carried, given, carried_built_here=train_s > 0)
     if not (run_dir / "prototypes.pt").is_file():
         protos.save(run_dir / "prototypes.pt")
     if cfg.stage == "train":

@@ -164,9 +164,10 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Write ``report.md`` and its plots (into ``out_dir``, default the sweep directory)."""
-    jobs = read_sweep(sweep_dir)
+def sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None, jobs: list[Job] | None = None) -> Path:
+    """Write ``report.md`` and its plots (into ``out_dir``, default the sweep directory), from
+    ``jobs`` when the caller has already read the sweep."""
+    jobs = jobs if jobs is not None else read_sweep(sweep_dir)
     out = Path(out_dir or sweep_dir)
     out.mkdir(parents=True, exist_ok=True)
     done = [j for j in jobs if j.results]
