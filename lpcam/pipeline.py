@@ -16,7 +16,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from lpcam.cache import classifier_key, digest, locked, publish_file, training_config
 from lpcam.callbacks.prototypes import CHECKPOINT_KEY, PrototypeCallback
-from lpcam.data.datamodule import VOCDataModule
+from lpcam.data.datamodule import SegmentationDataModule
 from lpcam.errors import InputError, MissingInput
 from lpcam.evaluator import CamEvaluator
 from lpcam.loggers import log_artifact, stage_loggers
@@ -76,7 +76,7 @@ def hydra_overrides() -> list[str]:
 
 
 def train_stage(
-    cfg: DictConfig, dm: VOCDataModule, backbone: Backbone, run_dir: Path, build: bool = True
+    cfg: DictConfig, dm: SegmentationDataModule, backbone: Backbone, run_dir: Path, build: bool = True
 ) -> tuple[Classifier, Prototypes | None, float]:
     """Fit the classifier; unless ``build`` is off, its PrototypeCallback builds the prototypes
     from the best checkpoint. Returns the training seconds without the prototype build."""
@@ -96,7 +96,7 @@ def train_stage(
     return classifier, protos, time.perf_counter() - t0 - build_s
 
 
-def load_classifier(path: Path, field: str, dm: VOCDataModule, backbone: Backbone) -> tuple[Classifier, Prototypes | None]:
+def load_classifier(path: Path, field: str, dm: SegmentationDataModule, backbone: Backbone) -> tuple[Classifier, Prototypes | None]:
     """A trained classifier from a checkpoint (and the prototypes it carries, if any)."""
     if not path.is_file():
         raise MissingInput(f"{field}={path}: no such checkpoint")
@@ -112,7 +112,7 @@ def load_classifier(path: Path, field: str, dm: VOCDataModule, backbone: Backbon
 
 
 def obtain_classifier(
-    cfg: DictConfig, dm: VOCDataModule, backbone: Backbone, run_dir: Path, build: bool
+    cfg: DictConfig, dm: SegmentationDataModule, backbone: Backbone, run_dir: Path, build: bool
 ) -> tuple[Classifier, Prototypes | None, float]:
     """The run's classifier: from ``ckpt_path``, else from the classifier cache, else trained
     (and then published to the cache). Returns it, the prototypes it carries, and training seconds.
@@ -146,7 +146,7 @@ def obtain_classifier(
 
 def prototypes_for_run(
     cfg: DictConfig,
-    dm: VOCDataModule,
+    dm: SegmentationDataModule,
     classifier: Classifier,
     carried: Prototypes | None,
     given: Prototypes | None,
@@ -166,7 +166,7 @@ def prototypes_for_run(
 
 
 def results_json(
-    cfg: DictConfig, dm: VOCDataModule, backbone: str, evaluator: CamEvaluator, protos: Prototypes, train_s: float, built: dict
+    cfg: DictConfig, dm: SegmentationDataModule, backbone: str, evaluator: CamEvaluator, protos: Prototypes, train_s: float, built: dict
 ) -> dict:
     """The run's ``results.json`` (schema in shared/DESIGN.md, extra diagnostics welcome)."""
     lpcam = cfg.lpcam
@@ -214,7 +214,7 @@ def run(cfg: DictConfig) -> dict | None:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
-    dm: VOCDataModule = instantiate(cfg.dataset)
+    dm: SegmentationDataModule = instantiate(cfg.dataset)
     dm.prepare_data()
 
     backbone: Backbone = instantiate(cfg.backbone)

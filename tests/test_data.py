@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lpcam.data.datamodule import VOCDataModule
+from lpcam.data.datamodule import SegmentationDataModule
 from lpcam.data.palette import save_palette_png
 from lpcam.data.synthetic import SyntheticParts, _BODIES
 from lpcam.data.voc import DatasetLayoutError, VOCSegmentation
@@ -100,7 +100,7 @@ def test_voc_reader_errors_name_the_path_and_the_layout(tmp_path):
 
 def test_datamodule_generates_into_a_folder_per_parameter_set(tmp_path):
     gen = SyntheticParts(**SMALL)
-    dm = VOCDataModule(tmp_path / "sp", name="sp", generator=gen, batch_size=4, eval_batch_size=4)
+    dm = SegmentationDataModule(tmp_path / "sp", name="sp", generator=gen, batch_size=4, eval_batch_size=4)
     dm.prepare_data()
     assert dm.root == tmp_path / "sp" / gen.fingerprint()
     batch = next(iter(dm.train_dataloader()))

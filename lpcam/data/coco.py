@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from lpcam.data.datamodule import VOCDataModule
+from lpcam.data.datamodule import SegmentationDataModule
 from lpcam.data.voc import DatasetLayoutError, to_tensors
 
 LAYOUT_HELP = (
@@ -123,8 +123,8 @@ class CocoSegmentation(Dataset):
         return to_tensors(item)
 
 
-class CocoDataModule(VOCDataModule):
-    """The VOCDataModule's stages over COCO splits; prototypes from a per-class image sample.
+class CocoDataModule(SegmentationDataModule):
+    """The SegmentationDataModule's stages over COCO splits; prototypes from a per-class image sample.
 
     ``images_per_class`` (the paper: 100) bounds the prototype build on a dataset of 82k images:
     for each class that many of its images are drawn (seeded), and their union is the prototype

@@ -8,12 +8,12 @@ from typing import Sequence
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
-from lpcam.data.generated import GeneratedDataset
+from lpcam.data.generated import DatasetGenerator
 from lpcam.data.transforms import TrainTransform
 from lpcam.data.voc import VOCSegmentation, read_class_names
 
 
-class VOCDataModule(pl.LightningDataModule):
+class SegmentationDataModule(pl.LightningDataModule):
     """Splits of one dataset for each stage.
 
     - ``train_split``: classifier training (augmented) and prototype building (not augmented);
@@ -38,7 +38,7 @@ class VOCDataModule(pl.LightningDataModule):
         eval_batch_size: int = 1,
         num_workers: int = 0,
         train_transform: TrainTransform | None = None,
-        generator: GeneratedDataset | None = None,
+        generator: DatasetGenerator | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser()

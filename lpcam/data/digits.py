@@ -22,14 +22,14 @@ from functools import cached_property
 import numpy as np
 from PIL import Image
 
-from lpcam.data.generated import GeneratedDataset
+from lpcam.data.generated import DatasetGenerator
 from lpcam.data.synthetic import draw_clutter, noise_background
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 @dataclass
-class HandwrittenDigits(GeneratedDataset):
+class HandwrittenDigits(DatasetGenerator):
     """Parameters of the digits benchmark; ``write(root)`` materialises it in the VOC layout."""
 
     name = "digits"

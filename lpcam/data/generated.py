@@ -24,7 +24,7 @@ from lpcam.data.voc import labels_from_mask
 
 
 @dataclass
-class GeneratedDataset:
+class DatasetGenerator:
     """Base of the generator dataclasses (see the module docstring): the parameters every
     generated dataset has, and the checks on them."""
 

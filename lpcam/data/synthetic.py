@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from lpcam.data.generated import GeneratedDataset
+from lpcam.data.generated import DatasetGenerator
 
 GENERATOR_VERSION = 1
 
@@ -66,7 +66,7 @@ _BODIES = (
 
 
 @dataclass
-class SyntheticParts(GeneratedDataset):
+class SyntheticParts(DatasetGenerator):
     """Parameters of the generated benchmark; ``write(root)`` materialises it in the VOC layout."""
 
     name = "synthetic_parts"
