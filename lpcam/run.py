@@ -39,7 +39,7 @@ def record_failure(run_dir: Path, err: BaseException, to_log: bool) -> None:
     )
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     try:
         results = run(cfg)

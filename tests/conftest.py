@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "lpcam" / "conf"
 
 # the smallest run of the real pipeline that still has every stage: seconds on a laptop CPU
 TINY = [

@@ -2,7 +2,7 @@
 
 Every backbone is a ``Backbone``: it normalises its [0, 1] RGB input itself (so the data pipeline,
 CAM code and figures share one pixel space) and exposes ``out_channels`` and ``stride``. A config
-file in ``conf/backbone/`` picks one of the builders below by ``_target_``.
+file in ``lpcam/conf/backbone/`` picks one of the builders below by ``_target_``.
 """
 
 from __future__ import annotations
