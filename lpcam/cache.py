@@ -19,6 +19,7 @@ import json
 import logging
 import shutil
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -85,3 +86,23 @@ def locked(path: Path, what: str) -> Iterator[None]:
 def publish_file(src: Path, dst: Path) -> Path:
     """Copy ``src`` to ``dst`` atomically."""
     return atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+
+
+@dataclass(frozen=True)
+class FeatureCache:
+    """Where the prototype feature pools of one dataset are shared by a sweep's jobs."""
+
+    dir: Path
+    dataset_key: str  # a digest of the dataset's config: pools of other datasets never match
+
+    @classmethod
+    def for_run(cls, cfg: DictConfig) -> "FeatureCache | None":
+        """The run's feature cache, None when ``cache.features`` is off."""
+        if not cfg.cache.features:
+            return None
+        return cls(Path(cfg.cache.dir), digest(training_config(cfg)["dataset"]))
+
+    def path(self, weights: str, sampling: dict) -> Path:
+        """The entry of a classifier (``weights``, see :func:`weights_digest`) under ``sampling``
+        settings (:meth:`lpcam.prototypes.settings.PrototypeSettings.sampling_dict`)."""
+        return self.dir / "features" / f"{digest([weights, self.dataset_key, sampling])}.pt"

@@ -1,4 +1,10 @@
-"""The ``results.json`` contract (schema 1, see shared/DESIGN.md) and its delivery to loggers."""
+"""The ``results.json`` contract and its delivery to loggers.
+
+Schema 2 (the README's "results.json" section) is shared/DESIGN.md's schema 1 with names that
+cannot be mistaken for the package: every LPCAM method is keyed by its rule (``lpcam_official``,
+``lpcam_max``, ...) and ``primary_method`` names the configured one; the prototype settings and
+counts moved from ``lpcam`` to ``prototypes``. :func:`upgrade` reads schema-1 files in these terms.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from pytorch_lightning.loggers import Logger, WandbLogger
 
 from lpcam.atomic import atomic_write
 
-SCHEMA = 1
+SCHEMA = 2
 
 
 def peak_memory_mb() -> float:
@@ -27,6 +33,30 @@ def write_json(data: dict, path: str | Path) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2)))
 
 
+def upgrade(results: dict) -> dict:
+    """A results dict in the current schema: schema-1 files (before 0.2) are renamed in place of
+    meaning: method ``lpcam`` becomes ``lpcam_<its rule>``, the ``lpcam`` block ``prototypes``."""
+    if results.get("schema", 1) >= SCHEMA:
+        return results
+    old = results["lpcam"]
+    rule = old.get("aggregation", "official")
+    methods = {(f"lpcam_{rule}" if m == "lpcam" else m): r for m, r in results["methods"].items()}
+    settings = ("k", "tau", "mu_fg", "mu_bg", "score")
+    return {
+        **{k: v for k, v in results.items() if k != "lpcam"},
+        "schema": SCHEMA,
+        "methods": methods,
+        "primary_method": f"lpcam_{rule}",
+        "aggregation": rule,
+        "prototypes": {
+            "settings": {k: old[k] for k in settings if k in old},
+            "counts": old.get("prototypes", {}),
+            "halo_share": old.get("halo_share", {}),
+            "composition": old.get("prototype_parts", {}),
+        },
+    }
+
+
 def summary_metrics(results: dict) -> dict[str, float]:
     """Flat scalars for loggers: ``<method>/<best|default>_<metric>``, prototype counts, timings."""
     flat: dict[str, float] = {}
@@ -38,10 +68,10 @@ def summary_metrics(results: dict) -> dict[str, float]:
         for part, value in r.get("part_recall", {}).items():
             if value is not None:
                 flat[f"{method}/part_recall_{part}"] = value
-    counts = results["lpcam"]["prototypes"].values()
+    counts = results["prototypes"]["counts"].values()
     flat["prototypes/class"] = sum(c["class"] for c in counts)
     flat["prototypes/context"] = sum(c["context"] for c in counts)
-    halo = [h for h in results["lpcam"].get("halo_share", {}).values() if h is not None]
+    halo = [h for h in results["prototypes"].get("halo_share", {}).values() if h is not None]
     if halo:  # share of the CAM > tau pool lying off the objects, averaged over classes
         flat["prototypes/halo_share"] = sum(halo) / len(halo)
     flat.update({f"time/{k}": v for k, v in results["timings_s"].items()})

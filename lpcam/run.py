@@ -56,7 +56,7 @@ def main(cfg: DictConfig) -> float | None:
     if results is None:  # stage=train
         return None
     print_summary(results)
-    return results["methods"]["lpcam"]["best"]["miou"]  # the objective for sweepers
+    return results["methods"][results["primary_method"]]["best"]["miou"]  # the objective for sweepers
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402  (PyYAML comes with omegaconf)
 
+from lpcam.results import upgrade  # noqa: E402
+
 
 @dataclass
 class Job:
@@ -60,7 +62,7 @@ def read_sweep(sweep_dir: str | Path) -> list[Job]:
             Job(
                 folder,
                 list(overrides or []),
-                json.loads(results.read_text()) if results.is_file() else None,
+                upgrade(json.loads(results.read_text())) if results.is_file() else None,
                 json.loads(error.read_text()) if error.is_file() and not results.is_file() else None,
             )
         )
@@ -101,7 +103,12 @@ def failures_section(jobs: list[Job]) -> str:
 
 
 def _setting(job: Job, key: str):
-    return job.results["lpcam"].get(key)
+    return job.results["prototypes"]["settings"].get(key)
+
+
+def _primary_miou(job: Job) -> float:
+    """The best seed mIoU of the job's configured LPCAM rule."""
+    return job.results["methods"][job.results["primary_method"]]["best"]["miou"]
 
 
 def plot_miou_vs_k(jobs: list[Job], path: Path) -> Path | None:
@@ -112,7 +119,7 @@ def plot_miou_vs_k(jobs: list[Job], path: Path) -> Path | None:
         return None
     series: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for j in done:
-        series[_setting(j, "aggregation")][_setting(j, "k")].append(j.results["methods"]["lpcam"]["best"]["miou"])
+        series[j.results["aggregation"]][_setting(j, "k")].append(_primary_miou(j))
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for rule, by_k in sorted(series.items()):
         ks = sorted(by_k)
@@ -129,7 +136,7 @@ def plot_miou_vs_k(jobs: list[Job], path: Path) -> Path | None:
 
 def best_job(jobs: list[Job]) -> Job | None:
     done = [j for j in jobs if j.results]
-    return max(done, key=lambda j: j.results["methods"]["lpcam"]["best"]["miou"]) if done else None
+    return max(done, key=_primary_miou) if done else None
 
 
 def plot_threshold_curves(job: Job, path: Path) -> Path:

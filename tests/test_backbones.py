@@ -54,7 +54,7 @@ def test_a_backbone_added_by_one_yaml_in_the_users_config_folder(tiny, tmp_path)
     assert results["backbone"] == "small_resnet"
     protos = torch.load(tmp_path / "run" / "prototypes.pt", weights_only=False)
     assert protos["meta"]["dim"] == 48 and protos["class_protos"][0].shape[1] == 48
-    assert results["methods"]["lpcam"]["best"]["miou"] > 0
+    assert results["methods"]["lpcam_official"]["best"]["miou"] > 0
 
 
 def test_paper_experiment_config_states_the_recipe():
@@ -115,4 +115,4 @@ def test_pipeline_runs_on_a_vit(tiny):
 
     results = run(tiny("backbone=deit_small", "backbone.model_name=deit_tiny_patch16_224"))
     assert results["backbone"] == "deit_tiny_patch16_224"
-    assert all(c["class"] >= 1 for c in results["lpcam"]["prototypes"].values())
+    assert all(c["class"] >= 1 for c in results["prototypes"]["counts"].values())

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lpcam.cams.baselines import BASELINES, baseline_maps, check_baselines
+from lpcam.cams.baselines import BASELINES, baseline_maps
 from lpcam.cams.cam import cam_maps
 from lpcam.cams.multiscale import multiscale_features
 from lpcam.models.backbones import small_resnet
@@ -56,8 +56,11 @@ def test_every_baseline_gives_normalised_maps_at_several_scales(classifier):
 
 
 def test_unknown_baseline_is_refused_with_the_known_names():
-    with pytest.raises(ValueError, match="gradcampp"):
-        check_baselines(["gradcam", "gradcam+++"])
+    from lpcam.errors import InputError
+    from lpcam.stages.evaluation import EvaluationSettings
+
+    with pytest.raises(InputError, match="evaluation.baselines=.*gradcampp"):
+        EvaluationSettings(baselines=["gradcam", "gradcam+++"])
 
 
 def test_pipeline_evaluates_baselines_beside_cam_and_lpcam(tiny):

@@ -92,8 +92,8 @@ def test_custom_config_runs_the_pipeline_on_a_96px_folder_with_train_and_val_onl
         results = run(cfg)
     names = list(SHAPES) if classes_txt else ["class1", "class2", "class3"]
     assert results["dataset"] == "shapes" and results["split"] == "train"
-    assert list(results["methods"]["lpcam"]["per_class_iou"]) == ["background", *names]
-    assert set(results["lpcam"]["prototypes"]) == set(names)
+    assert list(results["methods"]["lpcam_official"]["per_class_iou"]) == ["background", *names]
+    assert set(results["prototypes"]["counts"]) == set(names)
     assert 0 < results["methods"]["cam"]["best"]["miou"] <= 100
     (line,) = [r.getMessage() for r in caplog.records if r.name == "lpcam.data.custom"]
     assert "found splits train, val" in line and "all 96x96 px" in line
@@ -112,9 +112,10 @@ def test_train_aug_is_preferred_and_train_is_evaluated_as_in_voc(tmp_path):
     assert len(dm.prototype_dataloader().dataset) == 12
 
 
-def test_without_val_the_checkpoint_is_selected_on_the_evaluation_split(tmp_path):
+def test_without_val_there_is_no_checkpoint_selection(tmp_path):
     dm = CustomDataModule(str(make_shapes_folder(tmp_path / "t", num_images=6, splits={"train": 1})))
-    assert (dm.train_split, dm.val_split, dm.eval_split) == ("train", "train", "train")
+    assert (dm.train_split, dm.val_split, dm.eval_split) == ("train", None, "train")
+    assert dm.val_dataloader() == []
 
 
 def test_large_images_get_the_voc_recipe(tmp_path):

@@ -57,6 +57,6 @@ def test_digits_benchmark_end_to_end(tmp_path):
     ])  # fmt: skip
     results = run(cfg)
     assert results["dataset"] == "digits"
-    assert len(results["methods"]["lpcam"]["per_class_iou"]) == 11  # background + ten digits
+    assert len(results["methods"]["lpcam_official"]["per_class_iou"]) == 11  # background + ten digits
     assert "part_recall" not in results["methods"]["cam"]  # no part maps
     assert (tmp_path / "run" / "cams.png").is_file()

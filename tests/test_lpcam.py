@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lpcam.cams import aggregation
-from lpcam.cams.lpcam import lpcam_maps, prototype_similarities
+from lpcam.cams.prototype_maps import lpcam_maps, prototype_similarities
 from lpcam.prototypes.store import Prototypes
 
 # three positions (1x3 grid), one image, similarities to 2 class and 2 context prototypes
@@ -107,7 +107,7 @@ def test_rules_return_one_map_per_image(rule):
 
 
 def test_maps_by_rule_equal_one_rule_at_a_time():
-    from lpcam.cams.lpcam import lpcam_maps_by_rule
+    from lpcam.cams.prototype_maps import lpcam_maps_by_rule
 
     torch.manual_seed(0)
     protos = Prototypes([torch.rand(3, 4), torch.rand(2, 4)], [torch.rand(2, 4), torch.zeros(0, 4)])
@@ -118,15 +118,16 @@ def test_maps_by_rule_equal_one_rule_at_a_time():
 
 
 def test_a_class_without_prototypes_gets_an_empty_map_not_nans():
-    from lpcam.prototypes.build import cluster_and_select
+    from lpcam.prototypes.clustering import cluster_and_select
     from lpcam.prototypes.pool import FeaturePool
+    from lpcam.prototypes.settings import PrototypeSettings
 
     pool = FeaturePool(num_classes=2, dim=2, cap=100)
     feats = torch.tensor([[1.0, 0.9], [0.0, 0.1]]).view(2, 1, 2)  # (D, h, w): two positions
     pool.add(0, feats, torch.tensor([[True, False]]))
     pool.add(1, feats, torch.tensor([[False, False]]))  # class 1: its CAM is below tau everywhere
     weights = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    fg, ctx, fg_s, ctx_s, stats = cluster_and_select(pool, weights, ["a", "b"], k=1, progress=False)
-    assert len(fg[1]) == 0 and len(ctx[1]) == 0 and stats["b"]["no_foreground"]
-    maps = lpcam_maps([torch.rand(1, 1, 2, 3, 3)], Prototypes(fg, ctx, {}, stats, fg_s, ctx_s), size=(3, 3))
+    protos = cluster_and_select(pool, weights, ["a", "b"], PrototypeSettings(k=1), progress=False)
+    assert len(protos.class_protos[1]) == 0 and len(protos.context_protos[1]) == 0 and protos.stats["b"]["no_foreground"]
+    maps = lpcam_maps([torch.rand(1, 1, 2, 3, 3)], protos, size=(3, 3))
     assert torch.isfinite(maps).all() and maps[0, 1].abs().sum() == 0 and maps[0, 0].max() > 0

@@ -18,9 +18,10 @@ def test_default_job_shape_end_to_end_and_reproducible(tiny, tmp_path):
     on_disk = json.loads((run_dir / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
     # the results.json contract (shared/DESIGN.md)
-    assert on_disk["schema"] == 1 and on_disk["dataset"] == "synthetic_parts" and on_disk["split"] == "train"
+    assert on_disk["schema"] == 2 and on_disk["dataset"] == "synthetic_parts" and on_disk["split"] == "train"
     assert on_disk["backbone"] == "small_resnet" and on_disk["seed"] == 0
-    for method in ("cam", "lpcam", "lpcam_fg_only", "lpcam_max"):
+    assert list(on_disk["methods"]) == ["cam", "lpcam_official", "lpcam_fg_only", "lpcam_max"]
+    for method in on_disk["methods"]:
         r = on_disk["methods"][method]
         assert set(r["best"]) == CONTRACT_METRICS and set(r["default"]) == CONTRACT_METRICS
         assert r["default"]["threshold"] == 0.15
@@ -29,8 +30,11 @@ def test_default_job_shape_end_to_end_and_reproducible(tiny, tmp_path):
         assert len(r["curve"]) == 20
         assert 0 <= r["best"]["miou"] <= 100
         assert r["best"]["miou"] == max(p["miou"] for p in r["curve"])
-    assert set(on_disk["lpcam"]) >= {"k", "tau", "mu_fg", "mu_bg", "aggregation", "prototypes"}
-    assert on_disk["lpcam"]["aggregation"] == "official" and on_disk["lpcam"]["k"] == 3
+    assert on_disk["primary_method"] == "lpcam_official" and on_disk["aggregation"] == "official"
+    assert set(on_disk["prototypes"]["settings"]) >= {"k", "tau", "mu_fg", "mu_bg", "score"}
+    assert on_disk["prototypes"]["settings"]["k"] == 3 and set(on_disk["prototypes"]["counts"]) == {"fox", "wolf"}
+    assert on_disk["provenance"]["classifier"]["source"] == "trained"
+    assert on_disk["provenance"]["prototypes"]["source"] == "built"
     assert set(on_disk["timings_s"]) == {"train", "features", "clustering", "extraction", "evaluation"}
     assert on_disk["timings_s"]["train"] > 0 and on_disk["peak_memory_mb"] > 0
     assert (run_dir / "cams.png").stat().st_size > 10_000
@@ -56,11 +60,14 @@ def test_checkpoint_and_prototypes_reuse_and_refusal(tiny, tmp_path):
     # evaluate again from the checkpoint and the saved prototypes: no training, same numbers
     reused = run(tiny(f"ckpt_path={ckpt}", f"lpcam.prototypes_path={protos}", run="reuse"))
     assert reused["timings_s"]["train"] == 0
-    assert reused["methods"]["lpcam"]["curve"] == first["methods"]["lpcam"]["curve"]
+    assert reused["methods"]["lpcam_official"]["curve"] == first["methods"]["lpcam_official"]["curve"]
+    assert reused["provenance"]["classifier"] == {"source": "checkpoint", "path": str(ckpt), "seconds": {}}
+    assert reused["provenance"]["prototypes"]["source"] == "file"
     # changing an LPCAM setting rebuilds the prototypes from the checkpoint, without training
     k2 = run(tiny(f"ckpt_path={ckpt}", "lpcam.k=2", run="k2"))
     assert k2["timings_s"]["train"] == 0 and k2["timings_s"]["clustering"] > 0
-    assert all(1 <= c["class"] <= 2 for c in k2["lpcam"]["prototypes"].values())
+    assert all(1 <= c["class"] <= 2 for c in k2["prototypes"]["counts"].values())
+    assert k2["provenance"]["prototypes"]["source"] == "built"
     assert reused["methods"]["cam"]["curve"] == k2["methods"]["cam"]["curve"]  # same classifier
     # prototypes of another class set are refused, naming the field
     with pytest.raises(IncompatiblePrototypes, match="class_names"):
@@ -106,7 +113,9 @@ def test_train_and_evaluate_as_separate_stages_share_the_cached_classifier(tiny,
     assert evaluated["timings_s"]["train"] == 0 and evaluated["timings_s"]["features"] == 0  # carried prototypes
     # an LPCAM setting is not part of the classifier's key: reused; a training setting is
     k4 = run(tiny("stage=evaluate", "lpcam.k=4", run="k4"))
-    assert k4["timings_s"]["train"] == 0 and k4["lpcam"]["k"] == 4
+    assert k4["timings_s"]["train"] == 0 and k4["prototypes"]["settings"]["k"] == 4
+    assert evaluated["provenance"]["classifier"]["source"] == "cache"
+    assert evaluated["provenance"]["prototypes"]["source"] == "checkpoint"  # carried by the cached checkpoint
     assert k4["methods"]["cam"]["curve"] == evaluated["methods"]["cam"]["curve"]
     with pytest.raises(MissingInput):
         run(tiny("stage=evaluate", "trainer.max_epochs=3", run="other"))
@@ -120,6 +129,11 @@ def test_train_and_evaluate_as_separate_stages_share_the_cached_classifier(tiny,
         ("lpcam.context_min=0.95", "lpcam.context_min=0.95: expected a score in"),
         ("lpcam.score=logit", "lpcam.score='logit'"),
         ("stage=deploy", "stage='deploy': expected one of all, train, evaluate"),
+        ("lpcam.kmeans_metric=manhattan", "lpcam.kmeans_metric='manhattan': expected cosine or euclidean"),
+        ("evaluation.default_threshold=0.33", "evaluation.default_threshold=0.33: expected one of the thresholds"),
+        ("evaluation.scales=[]", r"evaluation.scales=\(\): expected a non-empty list"),
+        ("evaluation.compare_rules=[median]", r"evaluation.compare_rules=\('median',\): expected rules among"),
+        ("evaluation.baselines=[gradcam+++]", "evaluation.baselines=.*expected methods among"),
     ],
 )
 def test_bad_settings_are_refused_before_any_work(tiny, tmp_path, override, message):

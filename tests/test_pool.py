@@ -63,7 +63,7 @@ def test_pool_splits_by_cam_and_counts_halo():
 
 
 def test_composition_names_each_centre_by_its_members_majority_tag():
-    from lpcam.prototypes.build import composition
+    from lpcam.prototypes.clustering import composition
 
     tags = torch.tensor([SHARED, SHARED, OFF_OBJECT, DISCRIMINATIVE, OFF_OBJECT, OFF_OBJECT, IGNORED])
     labels = torch.tensor([0, 0, 0, 1, 2, 2, 1])

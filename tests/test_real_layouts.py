@@ -30,7 +30,7 @@ def test_voc_config_on_a_voc2012_layout_fixture(tmp_path):
     results = run(cfg)
     assert results["dataset"] == "voc" and results["split"] == "train"
     assert list(results["methods"]["cam"]["per_class_iou"]) == ["background", *VOC_CLASSES]
-    counts = results["lpcam"]["prototypes"]
+    counts = results["prototypes"]["counts"]
     assert set(counts) == set(VOC_CLASSES)
     # 8 epochs on 40 images: most classes are learnt; an unlearnt one (CAM zero everywhere) gets no
     # prototype and an empty LPCAM map, recorded in the prototypes' stats, rather than a crash
@@ -38,7 +38,7 @@ def test_voc_config_on_a_voc2012_layout_fixture(tmp_path):
     assert len(built) >= 10
     stats = Prototypes.load(tmp_path / "run" / "prototypes.pt").stats
     assert all(stats[name].get("no_foreground") for name in set(VOC_CLASSES) - built)
-    assert 0 < results["methods"]["lpcam"]["best"]["miou"] <= 100
+    assert 0 < results["methods"]["lpcam_official"]["best"]["miou"] <= 100
 
 
 def test_coco_reader_masks_labels_and_per_class_sampling(tmp_path):
@@ -70,8 +70,8 @@ def test_coco_config_on_a_coco2014_layout_fixture(tmp_path):
     )
     results = run(cfg)
     assert results["dataset"] == "coco" and results["split"] == "train2014"
-    assert list(results["methods"]["lpcam"]["per_class_iou"]) == ["background", "person", "car", "dog"]
-    assert all(c["class"] >= 1 for c in results["lpcam"]["prototypes"].values())
+    assert list(results["methods"]["lpcam_official"]["per_class_iou"]) == ["background", "person", "car", "dog"]
+    assert all(c["class"] >= 1 for c in results["prototypes"]["counts"].values())
     assert 0 < results["methods"]["cam"]["best"]["miou"] <= 100
 
 

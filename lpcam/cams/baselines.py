@@ -8,7 +8,7 @@ package returns a map min-max normalised per image; the views are flipped back, 
 image, summed and max-normalised like CAM's.
 
 Gradient methods need autograd during evaluation: the evaluation trainer then runs with
-``inference_mode=False`` (see :attr:`lpcam.evaluator.CamEvaluator.needs_gradients`).
+``inference_mode=False`` (see :attr:`lpcam.stages.evaluation.CamEvaluator.needs_gradients`).
 """
 
 from __future__ import annotations
@@ -35,12 +35,6 @@ BASELINES: dict[str, type] = {
 }
 GRADIENT_FREE = {"scorecam"}
 SCORECAM_BATCH = 128  # masked images per forward pass (the package's default, 16, is slow on CPU)
-
-
-def check_baselines(names: Sequence[str]) -> None:
-    unknown = [n for n in names if n not in BASELINES]
-    if unknown:
-        raise ValueError(f"evaluation.baselines: unknown method(s) {unknown}; known: {sorted(BASELINES)}")
 
 
 def _quiet_scorecam() -> None:

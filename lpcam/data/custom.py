@@ -4,9 +4,8 @@
 and are chosen from what the folder holds when it is constructed:
 
 - **splits**: training and prototypes on ``train_aug`` if its split file exists, else ``train``;
-  checkpoint selection on ``val`` if it exists, else on the seed-evaluation split (not held out:
-  the pipeline selects the checkpoint by validation loss, so some split must give one); seed
-  evaluation on ``train`` (as VOC) if it exists, else the training split.
+  checkpoint selection on ``val`` if it exists, else none (the last epoch's checkpoint is kept);
+  seed evaluation on ``train`` (as VOC) if it exists, else the training split.
 - **classes**: ``classes.txt`` if present; else ``class1``...``classN`` (``classK`` is mask value
   K), N the length of ``cls_labels.npy``'s label vectors, or else the largest label in the masks
   of the splits in use (255, the ignore label, excluded).
@@ -74,7 +73,7 @@ def found_splits(root: Path) -> list[str]:
 
 
 def choose_splits(root: Path, found: Sequence[str]) -> dict[str, str]:
-    """train_aug else train for training; val else the evaluation split for checkpoint selection;
+    """train_aug else train for training; val (else none) for checkpoint selection;
     train else the training split for seed evaluation."""
     train = next((s for s in ("train_aug", "train") if s in found), None)
     if train is None:
@@ -83,7 +82,7 @@ def choose_splits(root: Path, found: Sequence[str]) -> dict[str, str]:
             f"name the training split with dataset.train_split=...; {LAYOUT_HELP}"
         )
     evaluation = "train" if "train" in found else train
-    return {"train_split": train, "val_split": "val" if "val" in found else evaluation, "eval_split": evaluation}
+    return {"train_split": train, "val_split": "val" if "val" in found else None, "eval_split": evaluation}
 
 
 def sample_ids(ids: Sequence[str], n: int = SIZE_SAMPLE) -> list[str]:
@@ -192,7 +191,7 @@ class CustomDataModule(SegmentationDataModule):
             for key in auto_splits:
                 given[key] = chosen[key] = splits[key]
             if "val_split" in auto_splits and "val" not in found:
-                notes.append("no val.txt: checkpoints selected on the evaluation split's loss")
+                notes.append("no val.txt: no checkpoint selection, the last epoch is kept")
         train_ids = read_split(path, given["train_split"])
         used_ids = list(dict.fromkeys(
             i for split in (given["train_split"], given["val_split"], given["eval_split"]) if split for i in read_split(path, split)

@@ -13,6 +13,7 @@ from lpcam.atomic import torch_save
 from lpcam.errors import InputError, MissingInput
 
 FORMAT_VERSION = 1
+CHECKPOINT_KEY = "lpcam_prototypes"  # where a Lightning checkpoint carries its prototypes
 
 
 class IncompatiblePrototypes(InputError, ValueError):
@@ -93,13 +94,27 @@ class Prototypes:
 
     @classmethod
     def load(cls, path: str | Path) -> "Prototypes":
+        """A prototypes file, or the prototypes a checkpoint carries."""
         path = Path(path)
         if not path.is_file():
             raise MissingInput(f"lpcam.prototypes_path={path}: no such file")
         d = torch.load(path, map_location="cpu", weights_only=False)
-        if "lpcam_prototypes" in d:  # a checkpoint that carries them
-            d = d["lpcam_prototypes"]
-        return cls.from_dict(d, str(path))
+        return cls.from_checkpoint(d, str(path)) or cls.from_dict(d, str(path))
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict, source: str) -> "Prototypes | None":
+        """The prototypes a loaded checkpoint carries, None when it carries none."""
+        return cls.from_dict(checkpoint[CHECKPOINT_KEY], source) if CHECKPOINT_KEY in checkpoint else None
+
+    def into_checkpoint(self, checkpoint: dict) -> dict:
+        """Put these prototypes into a checkpoint dict (Lightning's ``on_save_checkpoint`` too)."""
+        checkpoint[CHECKPOINT_KEY] = self.to_dict()
+        return checkpoint
+
+    def add_to_checkpoint(self, path: str | Path) -> Path:
+        """Rewrite the checkpoint file at ``path`` (atomically) so that it carries these prototypes:
+        a checkpoint alone is then enough to extract LPCAM later."""
+        return torch_save(self.into_checkpoint(torch.load(path, map_location="cpu", weights_only=False)), path)
 
     def check_compatible(self, backbone: str, layer: str, dim: int, class_names: Sequence[str], source: str) -> None:
         """Refuse prototypes built for another feature space or class set, naming what differs."""

@@ -1,0 +1,73 @@
+"""How prototypes are built: one typed, frozen, self-checking settings object.
+
+Hydra builds it from the ``lpcam`` config group (``_target_`` in ``lpcam/conf/lpcam/default.yaml``).
+Everything downstream reads it from here: the build takes it whole, the prototypes file records
+:meth:`PrototypeSettings.as_dict` in its ``meta``, and the feature cache hashes
+:meth:`PrototypeSettings.sampling_dict`. Adding a setting is therefore one field here and one line
+in the yaml; a field that changes which features are sampled is declared with ``metadata=SAMPLING``
+so that it also reaches the feature-cache key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from lpcam.errors import InputError
+
+SAMPLING = {"sampling": True}  # field metadata: the setting changes the sampled feature pool
+SCORES = ("softmax", "sigmoid")
+KMEANS_METRICS = ("cosine", "euclidean")
+
+
+@dataclass(frozen=True)
+class PrototypeSettings:
+    """The LPCAM prototype build (the paper's notation: K, τ, μ_f, μ_b).
+
+    ``seed`` seeds the feature sampling and the k-means; the config passes the run's seed.
+    """
+
+    k: int = 12  # k-means centres per class, for foreground and background each
+    tau: float = field(default=0.1, metadata=SAMPLING)  # CAM threshold: foreground / background features
+    mu_fg: float = 0.9  # foreground centre with score_c > mu_fg: class prototype
+    mu_bg: float = 0.9  # background centre with context_min < score_c < mu_bg: context prototype
+    context_min: float = 0.05
+    score: str = "softmax"  # centre score: softmax over classes (official) | sigmoid
+    keep_best: bool = True  # keep the best foreground centre when none passes mu_fg
+    max_features_per_class: int = field(default=20000, metadata=SAMPLING)  # reservoir cap per class and side
+    kmeans_metric: str = "cosine"
+    kmeans_max_iter: int = 100
+    seed: int = field(default=0, metadata=SAMPLING)
+
+    def __post_init__(self) -> None:
+        for name, ok, expected in self._checks():
+            if not ok:
+                raise InputError(f"lpcam.{name}={getattr(self, name)!r}: expected {expected}")
+
+    def _checks(self) -> list[tuple[str, bool, str]]:
+        whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+        return [
+            ("k", whole(self.k) and self.k >= 1, "a whole number of centres ≥ 1"),
+            ("tau", 0 < self.tau < 1, "a CAM threshold in (0, 1)"),
+            ("mu_fg", 0 <= self.mu_fg < 1, "a score threshold in [0, 1)"),
+            ("mu_bg", 0 < self.mu_bg <= 1, "a score threshold in (0, 1]"),
+            ("context_min", 0 <= self.context_min < self.mu_bg, "a score in [0, lpcam.mu_bg)"),
+            ("score", self.score in SCORES, " or ".join(SCORES)),
+            ("max_features_per_class", whole(self.max_features_per_class) and self.max_features_per_class >= self.k,
+             "a whole number, at least lpcam.k"),
+            ("kmeans_metric", self.kmeans_metric in KMEANS_METRICS, " or ".join(KMEANS_METRICS)),
+            ("kmeans_max_iter", whole(self.kmeans_max_iter) and self.kmeans_max_iter >= 1, "a whole number ≥ 1"),
+        ]  # fmt: skip
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every setting, as recorded in a prototypes file's ``meta``."""
+        return asdict(self)
+
+    def sampling_dict(self) -> dict[str, Any]:
+        """The settings that decide which features the k-means sees (the feature-cache key)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("sampling")}
+
+    def built(self, meta: dict) -> bool:
+        """Whether prototypes with this ``meta`` were built with exactly these settings."""
+        return all(meta.get(k) == v for k, v in self.as_dict().items())
+

@@ -1,0 +1,154 @@
+"""The evaluation stage: CAM, LPCAM and the baselines scored as seeds (``trainer.test``)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, fields
+from typing import Sequence
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from lpcam.cams.aggregation import RULES, AggregationRule, official, rule_name
+from lpcam.cams.baselines import BASELINES, GRADIENT_FREE, baseline_maps
+from lpcam.cams.cam import cam_maps
+from lpcam.cams.multiscale import DEFAULT_SCALES, multiscale_features
+from lpcam.cams.prototype_maps import lpcam_maps_by_rule
+from lpcam.errors import InputError
+from lpcam.metrics.segmentation import DEFAULT_THRESHOLDS, SeedConfusion
+from lpcam.models.classifier import Classifier
+from lpcam.prototypes.store import Prototypes
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How the maps are extracted and scored (the ``evaluation`` config group, built by Hydra).
+
+    Checked when built, so an impossible setting is refused before any data is generated or any
+    classifier trained; lists become tuples.
+    """
+
+    scales: tuple[float, ...] = DEFAULT_SCALES  # IRN's test-time scales
+    flip: bool = True  # each scale with its mirror image
+    default_threshold: float = 0.15  # IRN's; the best threshold is reported too
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS  # every background threshold scored, in one pass
+    compare_rules: tuple[str, ...] = ()  # extra LPCAM rules scored on the same similarities
+    baselines: tuple[str, ...] = ()  # grad-cam methods scored beside (the method group sets them)
+    baseline_scales: tuple[float, ...] = (1.0,)
+    baseline_flip: bool = False
+    num_examples: int = 4  # images in the figure
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if isinstance(f.default, tuple):  # Hydra hands lists over
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+        for name, ok, expected in self._checks():
+            if not ok:
+                raise InputError(f"evaluation.{name}={getattr(self, name)!r}: expected {expected}")
+
+    def _checks(self) -> list[tuple[str, bool, str]]:
+        on_grid = any(math.isclose(t, self.default_threshold, abs_tol=1e-9) for t in self.thresholds)
+        return [
+            ("scales", len(self.scales) > 0 and all(s > 0 for s in self.scales), "a non-empty list of positive scales"),
+            ("thresholds", len(self.thresholds) > 0 and all(0 < t < 1 for t in self.thresholds), "thresholds in (0, 1)"),
+            ("default_threshold", on_grid, f"one of the thresholds {list(self.thresholds)}"),
+            ("compare_rules", set(self.compare_rules) <= set(RULES), f"rules among {sorted(RULES)}"),
+            ("baselines", set(self.baselines) <= set(BASELINES), f"methods among {sorted(BASELINES)}"),
+            ("baseline_scales", len(self.baseline_scales) > 0 and all(s > 0 for s in self.baseline_scales),
+             "a non-empty list of positive scales"),
+            ("num_examples", isinstance(self.num_examples, int) and self.num_examples >= 0, "a whole number ≥ 0"),
+        ]  # fmt: skip
+
+
+def lpcam_method(rule: str) -> str:
+    """The results key of the LPCAM maps under an aggregation rule (``lpcam_official``, ...)."""
+    return f"lpcam_{rule}"
+
+
+class CamEvaluator(pl.LightningModule):
+    """Extracts CAM and LPCAM (plus any ``compare_rules`` variants of LPCAM, sharing the same
+    similarities, and any grad-cam ``baselines`` at their own views) for each batch of the
+    evaluation split and accumulates one confusion matrix per method and background threshold.
+    Confusions are summed across ranks at epoch end, so the numbers are the same under DDP.
+
+    Methods are named ``cam``, ``lpcam_<rule>`` (the configured rule, ``primary_method``, first)
+    and the baselines' names. After ``trainer.test``: ``results`` (method → metrics dict),
+    ``examples`` (the first ``num_examples`` images with their maps, for the figure) and
+    ``timings`` (extraction and evaluation seconds).
+    """
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        prototypes: Prototypes,
+        class_names: Sequence[str],
+        aggregation: AggregationRule = official,
+        settings: EvaluationSettings = EvaluationSettings(),
+    ) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.prototypes = prototypes
+        self.class_names = list(class_names)
+        self.settings = settings
+        self.aggregation_name = rule_name(aggregation)
+        self.primary_method = lpcam_method(self.aggregation_name)
+        self.rules: dict[str, AggregationRule] = {self.primary_method: aggregation}
+        for name in settings.compare_rules:
+            self.rules.setdefault(lpcam_method(name), RULES[name])
+        self.baselines = list(dict.fromkeys(settings.baselines))
+        self.methods = ["cam", *self.rules, *self.baselines]
+        self.confusions = {m: SeedConfusion(len(class_names) + 1, settings.thresholds) for m in self.methods}
+        self.examples: list[dict] = []
+        self.timings = {"extraction": 0.0, "evaluation": 0.0, **{b: 0.0 for b in self.baselines}}
+        self.results: dict[str, dict] = {}
+
+    @property
+    def needs_gradients(self) -> bool:
+        """Whether a baseline backpropagates (the trainer must then run without inference mode)."""
+        return any(b not in GRADIENT_FREE for b in self.baselines)
+
+    @torch.no_grad()
+    def maps(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """(B, C, H, W) maps of every method for a batch (classes absent from the batch are zero)."""
+        size = images.shape[-2:]
+        views = multiscale_features(self.classifier.features, images, self.settings.scales, self.settings.flip)
+        present = torch.nonzero(labels.sum(0)).flatten().tolist()
+        return {
+            "cam": cam_maps(views, self.classifier.weights, size),
+            **lpcam_maps_by_rule(views, self.prototypes, size, self.rules, classes=present),
+        }
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        t0 = time.perf_counter()
+        maps = self.maps(batch["image"], batch["label"])
+        self.timings["extraction"] += time.perf_counter() - t0  # CAM and LPCAM (they share features)
+        for name in self.baselines:
+            t = time.perf_counter()
+            with torch.enable_grad():
+                maps[name] = baseline_maps(
+                    name, self.classifier, batch["image"], batch["label"], self.settings.baseline_scales, self.settings.baseline_flip
+                )
+            self.timings[name] += time.perf_counter() - t
+        t1 = time.perf_counter()
+        for b in range(len(batch["image"])):
+            keys = torch.nonzero(batch["label"][b]).flatten()
+            for method, m in maps.items():
+                self.confusions[method].update(m[b, keys].cpu(), (keys + 1).cpu(), batch["mask"][b].cpu(), batch["parts"][b].cpu())
+            if len(self.examples) < self.settings.num_examples:
+                self.examples.append(
+                    {
+                        "image": batch["image"][b].cpu(),
+                        "mask": batch["mask"][b].cpu(),
+                        "keys": (keys + 1).cpu(),
+                        **{method: m[b, keys].cpu() for method, m in maps.items()},
+                    }
+                )
+        self.timings["evaluation"] += time.perf_counter() - t1
+
+    def on_test_epoch_end(self) -> None:
+        for method, conf in self.confusions.items():
+            state = {k: self.trainer.strategy.reduce(v.to(self.device), reduce_op="sum").cpu() for k, v in conf.state().items()}
+            conf.load_state(state)
+            self.results[method] = conf.results(["background", *self.class_names], self.settings.default_threshold)

@@ -1,0 +1,155 @@
+"""The prototype stage: a trained classifier's features over the training split → k-means → selection.
+
+It sits above both algorithm packages: it uses :mod:`lpcam.cams` (the CAM that splits foreground
+from background features) and :mod:`lpcam.prototypes` (pool, clustering, store), and neither of
+them imports it. :class:`PrototypeCallback` runs it when classifier training ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Iterable
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from lpcam.atomic import torch_save
+from lpcam.cache import FeatureCache, locked, weights_digest
+from lpcam.cams.cam import cam_maps
+from lpcam.cams.multiscale import multiscale_features
+from lpcam.models.classifier import Classifier
+from lpcam.prototypes.clustering import cluster_and_select
+from lpcam.prototypes.pool import FeaturePool, feature_tags
+from lpcam.prototypes.settings import PrototypeSettings
+from lpcam.prototypes.store import Prototypes
+from lpcam.stages.provenance import Provenance
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def collect_features(
+    model: Classifier, batches: Iterable[dict], num_classes: int, settings: PrototypeSettings, progress: bool = True
+) -> FeaturePool:
+    """Split every training image's local features by its CAM for each labelled class.
+
+    As the official code: features of the full image at one scale; the class-c CAM resized to the
+    feature grid (here computed at that scale with its flip, on the same grid, which avoids a
+    second pass) marks foreground (> τ) and background (< τ) positions. The ground truth under
+    each position is kept as a tag, for diagnostics only (halo share, prototype composition).
+    """
+    pool: FeaturePool | None = None
+    weights = model.weights
+    device = weights.device
+    for batch in tqdm(batches, desc="prototypes: features", disable=not progress, leave=False):
+        images = batch["image"].to(device)
+        views = multiscale_features(model.features, images, scales=(1.0,), flip=True)
+        feats = views[0][0]  # the unflipped view
+        cams = cam_maps(views, weights, feats.shape[-2:])
+        if pool is None:
+            pool = FeaturePool(num_classes, feats.shape[1], settings.max_features_per_class, settings.seed)
+        grid = feats.shape[-2:]
+        masks = F.interpolate(batch["mask"][:, None].float(), size=grid, mode="nearest")[:, 0].long()
+        parts = F.interpolate(batch["parts"][:, None].float(), size=grid, mode="nearest")[:, 0].long()
+        for b in range(len(images)):
+            for c in torch.nonzero(batch["label"][b]).flatten().tolist():
+                tags = feature_tags(masks[b], parts[b], c)
+                pool.add(c, feats[b].cpu(), (cams[b, c] > settings.tau).cpu(), tags)
+    if pool is None:
+        raise ValueError("prototypes: the training split yielded no images")
+    return pool
+
+
+def pooled_features(
+    model: Classifier,
+    batches: Iterable[dict],
+    num_classes: int,
+    settings: PrototypeSettings,
+    cache: FeatureCache | None = None,
+    progress: bool = True,
+) -> FeaturePool:
+    """:func:`collect_features`, through the sweep's feature cache when one is given: the pool is
+    keyed by the classifier's weights, the dataset and the sampling settings, so jobs that differ
+    only in K, μ or the rule cluster the same features."""
+    if cache is None:
+        return collect_features(model, batches, num_classes, settings, progress)
+    path = cache.path(weights_digest(model), settings.sampling_dict())
+    with locked(path, "feature pool"):
+        if path.is_file():
+            log.info("prototypes: features from the cache (%s)", path)
+            return FeaturePool.from_state_dict(torch.load(path, weights_only=False))
+        pool = collect_features(model, batches, num_classes, settings, progress)
+        torch_save(pool.state_dict(), path)
+        return pool
+
+
+def build_prototypes(
+    model: Classifier,
+    batches: Iterable[dict],
+    class_names: list[str],
+    settings: PrototypeSettings,
+    dataset: str = "",
+    cache: FeatureCache | None = None,
+    progress: bool = True,
+) -> tuple[Prototypes, dict[str, float]]:
+    """The whole build. Returns the prototypes, whose ``meta`` records the settings and the
+    feature space that built them, and the seconds of its two steps (``features`` is the time
+    to load the pool when it came from the cache)."""
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    pool = pooled_features(model, batches, len(class_names), settings, cache, progress)
+    t1 = time.perf_counter()
+    protos = cluster_and_select(pool, model.weights, class_names, settings, progress)
+    t2 = time.perf_counter()
+    model.train(was_training)
+    backbone = model.backbone
+    protos.meta = {
+        "backbone": backbone.name,
+        "layer": backbone.layer,
+        "dim": backbone.out_channels,
+        "class_names": list(class_names),
+        "dataset": dataset,
+        **settings.as_dict(),
+    }
+    return protos, {"features": t1 - t0, "clustering": t2 - t1}
+
+
+class PrototypeCallback(pl.Callback):
+    """On fit end: reload the best checkpoint's weights, build the prototypes over the training
+    split, save them to ``path`` and into the best checkpoint (so a checkpoint alone is enough to
+    extract LPCAM later). What it built stays on the callback: ``prototypes`` and ``provenance``.
+    """
+
+    def __init__(
+        self, path: str | Path, settings: PrototypeSettings, cache: FeatureCache | None = None, progress: bool = True
+    ) -> None:
+        self.path = Path(path)
+        self.settings = settings
+        self.cache = cache
+        self.progress = progress
+        self.prototypes: Prototypes | None = None
+        self.provenance: Provenance | None = None
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: Classifier) -> None:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if best:
+            state = torch.load(best, map_location=pl_module.device, weights_only=False)["state_dict"]
+            pl_module.load_state_dict(state)
+        dm = trainer.datamodule
+        protos, seconds = build_prototypes(
+            pl_module, dm.prototype_dataloader(), dm.class_names, self.settings, dm.name, self.cache, self.progress
+        )
+        if trainer.is_global_zero:
+            protos.save(self.path)
+            if best:
+                protos.add_to_checkpoint(best)
+        self.prototypes, self.provenance = protos, Provenance("built", str(self.path), seconds)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: Classifier, checkpoint: dict) -> None:
+        if self.prototypes is not None:
+            self.prototypes.into_checkpoint(checkpoint)

@@ -1,0 +1,81 @@
+"""Settings are typed objects: checked when built, and a new one needs only its field and its yaml."""
+
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from lpcam.cache import FeatureCache, weights_digest
+from lpcam.errors import InputError
+from lpcam.models.classifier import Classifier
+from lpcam.pipeline import prototype_settings, run
+from lpcam.prototypes.settings import SAMPLING, PrototypeSettings
+from lpcam.stages.evaluation import EvaluationSettings
+
+
+@dataclass(frozen=True)
+class WithStride(PrototypeSettings):
+    """A prototype setting added as a user would: a field (here one that changes the sampled
+    features, so it is declared SAMPLING) and a line of yaml; nothing else is edited."""
+
+    sample_stride: int = field(default=1, metadata=SAMPLING)
+
+
+def test_a_new_prototype_setting_reaches_the_prototypes_file_and_the_feature_cache_key(tiny, tmp_path):
+    conf = tmp_path / "my_conf" / "lpcam"
+    conf.mkdir(parents=True)
+    (conf / "strided.yaml").write_text(
+        "defaults:\n  - default\n  - _self_\n\n_target_: tests.test_settings.WithStride\nsample_stride: 2\n"
+    )
+    cfg = tiny(f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "lpcam=strided", "stage=train")
+    settings = prototype_settings(cfg)
+    assert type(settings).__name__ == "WithStride" and settings.sample_stride == 2 and settings.k == 3
+    assert run(cfg) is None  # stage=train: classifier and prototypes
+
+    meta = torch.load(tmp_path / "run" / "prototypes.pt", weights_only=False)["meta"]
+    assert meta["sample_stride"] == 2 and meta["k"] == 3
+    # the feature pool was cached under a key that includes the new setting
+    ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    model = Classifier.load_from_checkpoint(ckpt, backbone=instantiate(cfg.backbone))
+    cache = FeatureCache.for_run(cfg)
+    (cached,) = (tmp_path / "cache" / "features").glob("*.pt")
+    assert cached == cache.path(weights_digest(model), settings.sampling_dict())
+    other = WithStride(**{**settings.as_dict(), "sample_stride": 3})
+    assert cache.path(weights_digest(model), other.sampling_dict()) != cached
+    # K is not a sampling setting: jobs differing in K share the pool
+    fewer = WithStride(**{**settings.as_dict(), "k": 2})
+    assert cache.path(weights_digest(model), fewer.sampling_dict()) == cached
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"k": 2.5}, "lpcam.k=2.5: expected a whole number"),
+        ({"k": True}, "lpcam.k=True"),
+        ({"mu_bg": 0.5, "context_min": 0.6}, "lpcam.context_min=0.6: expected a score in"),
+        ({"k": 30, "max_features_per_class": 20}, "lpcam.max_features_per_class=20: expected a whole number, at least"),
+        ({"kmeans_max_iter": 0}, "lpcam.kmeans_max_iter=0"),
+    ],
+)
+def test_prototype_settings_name_the_field_and_the_range(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        PrototypeSettings(**kwargs)
+
+
+def test_settings_are_frozen_and_give_their_dicts():
+    s = PrototypeSettings()
+    with pytest.raises(AttributeError):
+        s.k = 3  # type: ignore[misc]
+    assert s.sampling_dict() == {"tau": 0.1, "max_features_per_class": 20000, "seed": 0}
+    assert s.built(s.as_dict()) and not s.built({**s.as_dict(), "k": 5})
+
+
+def test_evaluation_settings_take_lists_and_refuse_off_grid_thresholds():
+    s = EvaluationSettings(scales=[1.0, 0.5], compare_rules=["max"])
+    assert s.scales == (1.0, 0.5) and s.compare_rules == ("max",)
+    assert EvaluationSettings(default_threshold=0.3).default_threshold == 0.3
+    with pytest.raises(InputError, match="evaluation.default_threshold=0.33"):
+        EvaluationSettings(default_threshold=0.33)
+    with pytest.raises(InputError, match="evaluation.num_examples=-1"):
+        EvaluationSettings(num_examples=-1)
