@@ -1,85 +1,11 @@
-"""CAM vs LPCAM over seeds, on the embedded benchmark and its control: the README's headline table.
-
-Runs the default job (``python -m lpcam.run``) once per seed and dataset, each in its own process
-and run directory, then prints mean ± standard deviation (and min–max) of the best-threshold seed
-mIoU and the part recalls of every method. ``--variant NAME='overrides'`` re-evaluates each seed's
-own checkpoint with other LPCAM settings (no retraining); its methods appear as ``NAME:method``.
-Extra arguments are passed to every run as Hydra overrides:
+"""CAM vs LPCAM over seeds (the README's headline table): the ``lpcam-seed-study`` command.
 
     python experiments/seed_study.py --seeds 0 1 2 --variant sigmoid='lpcam.score=sigmoid'
-    python experiments/seed_study.py --seeds 0 1 2 --datasets synthetic_parts -- lpcam.k=20
+
+The code is :mod:`lpcam.cli.seed_study`; this file only runs it (``pip install -e .`` first, or ``make install``).
 """
 
-from __future__ import annotations
-
-import argparse
-import json
-import statistics
-import subprocess
-import sys
-from pathlib import Path
-
-
-def run_job(out: Path, dataset: str, seed: int, overrides: list[str], tag: str = "") -> dict:
-    """One run (skipped when its results.json exists, so an interrupted study resumes)."""
-    run_dir = out / f"{dataset}_seed{seed}{tag}"
-    results = run_dir / "results.json"
-    if not results.is_file():
-        cmd = [sys.executable, "-m", "lpcam.run", f"dataset={dataset}", f"seed={seed}", "logger=csv",
-               f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false", *overrides]  # fmt: skip
-        print("$", " ".join(cmd[1:]), flush=True)
-        subprocess.run(cmd, check=True)
-    return json.loads(results.read_text())
-
-
-def describe(values: list[float]) -> str:
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:5.1f} ± {std:3.1f} ({min(values):.1f}–{max(values):.1f})"
-
-
-def table(runs: list[dict]) -> str:
-    """Markdown: method × (best mIoU, LPCAM − CAM, discriminative and shared part recall)."""
-    methods = list(runs[0]["methods"])
-    lines = [
-        "| method | seed mIoU (best thr.) | Δ vs CAM | recall: discriminative | recall: shared |",
-        "|---|---|---|---|---|",
-    ]
-    for m in methods:
-        miou = [r["methods"][m]["best"]["miou"] for r in runs]
-        delta = [r["methods"][m]["best"]["miou"] - r["methods"]["cam"]["best"]["miou"] for r in runs]
-        disc = [r["methods"][m].get("part_recall", {}).get("discriminative") or 0.0 for r in runs]
-        shared = [r["methods"][m].get("part_recall", {}).get("shared") or 0.0 for r in runs]
-        d = "—" if m == "cam" else describe(delta)
-        lines.append(f"| {m} | {describe(miou)} | {d} | {describe(disc)} | {describe(shared)} |")
-    return "\n".join(lines)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--datasets", nargs="+", default=["synthetic_parts", "synthetic_parts_control"])
-    parser.add_argument("--out", type=Path, default=Path("outputs/seed_study"))
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME='OVERRIDES'",
-                        help="re-evaluate each seed's checkpoint with these overrides")  # fmt: skip
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
-    args = parser.parse_args()
-    variants = dict(v.split("=", 1) for v in args.variant)
-    report = []
-    for dataset in args.datasets:
-        runs = []
-        for seed in args.seeds:
-            base = run_job(args.out, dataset, seed, args.overrides)
-            ckpt = (args.out / f"{dataset}_seed{seed}" / "checkpoints" / "best.ckpt").resolve()
-            for name, extra in variants.items():
-                more = run_job(args.out, dataset, seed, [*args.overrides, f"ckpt_path={ckpt}", *extra.split()], f"_{name}")
-                base["methods"].update({f"{name}:{m}": r for m, r in more["methods"].items() if m != "cam"})
-            runs.append(base)
-        report.append(f"### {dataset} ({len(runs)} seeds: {', '.join(map(str, args.seeds))})\n\n{table(runs)}\n")
-    text = "\n".join(report)
-    print(text)
-    (args.out / "study.md").write_text(text)
-
+from lpcam.cli.seed_study import main
 
 if __name__ == "__main__":
     main()

@@ -1,37 +1,11 @@
-"""Report of a sweep directory: a markdown table of every job and method, and PNG plots.
+"""Report of a sweep directory: the ``lpcam-report`` command.
 
-    python experiments/sweep_report.py multirun/2026-11-25_10-00-00 [--out DIR]
+    python experiments/sweep_report.py multirun/<date> [--out DIR]
 
-Reads each job's results.json (and error.json of failed jobs) and writes ``report.md``,
-``miou_vs_k.png`` (when K varied), ``miou_vs_threshold.png`` and ``per_class_iou.png``. The same
-numbers are in W&B when the sweep logged there; this needs nothing but the files.
+The code is :mod:`lpcam.cli.sweep_report`; this file only runs it (``pip install -e .`` first, or ``make install``).
 """
 
-from __future__ import annotations
-
-import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, not installed
-
-from lpcam.sweeps import read_sweep, sweep_report  # noqa: E402
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun directory")
-    parser.add_argument("--out", type=Path, default=None, help="where to write (default: the sweep directory)")
-    args = parser.parse_args()
-    try:
-        jobs = read_sweep(args.sweep_dir)
-    except FileNotFoundError as err:
-        sys.exit(f"sweep_report: {err}")
-    report = sweep_report(args.sweep_dir, args.out, jobs)
-    failed = [j for j in jobs if j.results is None]
-    print(report.read_text())
-    print(f"\nwritten: {report}" + (f" ({len(failed)} failed job(s) listed)" if failed else ""))
-
+from lpcam.cli.sweep_report import main
 
 if __name__ == "__main__":
     main()

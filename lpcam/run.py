@@ -1,4 +1,5 @@
-"""``python -m lpcam.run [overrides]``: the default job, or any Hydra composition of it."""
+"""``lpcam [overrides]`` or ``python -m lpcam.run [overrides]``: the default job, or any Hydra
+composition of it. :func:`main` is the ``lpcam`` console command (pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ from lpcam.report import print_summary
 from lpcam.results import write_json
 
 log = logging.getLogger("lpcam.run")
+
+# The config tree inside the package, as an absolute path: Hydra reads it from the file system however
+# main() is called. (A relative "conf" would become the module path pkg://lpcam.conf when main() runs
+# as a console script, which Hydra only finds in a package with an __init__.py.)
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 
 def record_failure(run_dir: Path, err: BaseException, to_log: bool) -> None:
@@ -39,7 +45,7 @@ def record_failure(run_dir: Path, err: BaseException, to_log: bool) -> None:
     )
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     try:
         results = run(cfg)

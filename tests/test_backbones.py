@@ -116,3 +116,56 @@ def test_pipeline_runs_on_a_vit(tiny):
     results = run(tiny("backbone=deit_small", "backbone.model_name=deit_tiny_patch16_224"))
     assert results["backbone"] == "deit_tiny_patch16_224"
     assert all(c["class"] >= 1 for c in results["prototypes"]["counts"].values())
+
+
+IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+
+
+def test_torchvision_and_small_resnet_normalise_with_imagenet_stats():
+    for net in (small_resnet(), torchvision_resnet("resnet18")):
+        assert net.normalisation == IMAGENET
+        assert torch.equal(net.mean.flatten(), torch.tensor(IMAGENET["mean"]))
+        assert torch.equal(net.std.flatten(), torch.tensor(IMAGENET["std"]))
+    # the default job's input is exactly what it was: (x - ImageNet mean) / ImageNet std
+    net = small_resnet().eval()
+    x = torch.rand(1, 3, 16, 16)
+    mean, std = (torch.tensor(IMAGENET[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    with torch.no_grad():
+        expected = net.body(((x - mean) / std).contiguous(memory_format=torch.channels_last))
+        assert torch.equal(net(x), expected.contiguous())
+
+
+@pytest.mark.parametrize(
+    "builder,model_name,stats",
+    [
+        ("timm_cnn", "tf_efficientnet_lite0", {"mean": (0.5,) * 3, "std": (0.5,) * 3}),
+        ("timm_cnn", "resnet18", IMAGENET),
+        ("vit_tokens", "vit_tiny_patch16_224", {"mean": (0.5,) * 3, "std": (0.5,) * 3}),
+        ("vit_tokens", "deit_tiny_patch16_224", IMAGENET),
+    ],
+)
+def test_timm_backbones_normalise_with_the_models_own_pretrained_stats(builder, model_name, stats):
+    import timm
+
+    from lpcam.models import timm_backbones
+
+    cfg = timm.models.get_pretrained_cfg(model_name)  # offline: timm's registry, no download
+    assert (tuple(cfg.mean), tuple(cfg.std)) == (stats["mean"], stats["std"])
+    kwargs = {"output_stride": None} if builder == "timm_cnn" else {}
+    net = getattr(timm_backbones, builder)(model_name, pretrained=False, **kwargs).eval()
+    assert net.normalisation == stats
+    assert torch.allclose(net.mean.flatten(), torch.tensor(stats["mean"]))
+    assert torch.allclose(net.std.flatten(), torch.tensor(stats["std"]))
+    # the forward pass uses them: a grey image at the model's mean is a zero input to the body
+    x = torch.tensor(stats["mean"]).view(1, 3, 1, 1).expand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x), net.body(torch.zeros(1, 3, 32, 32)), atol=1e-5)
+
+
+def test_backbone_refuses_a_malformed_normalisation():
+    from lpcam.models.backbones import Backbone
+
+    with pytest.raises(ValueError, match="normalisation"):
+        Backbone(torch.nn.Identity(), 3, 1, "id", "id", mean=(0.5, 0.5), std=(0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="normalisation"):
+        Backbone(torch.nn.Identity(), 3, 1, "id", "id", std=(0.5, 0.0, 0.5))

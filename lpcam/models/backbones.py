@@ -1,7 +1,9 @@
 """Backbones: an image → its unpooled feature map, with a known stride and channel count.
 
 Every backbone is a ``Backbone``: it normalises its [0, 1] RGB input itself (so the data pipeline,
-CAM code and figures share one pixel space) and exposes ``out_channels`` and ``stride``. A config
+CAM code and figures share one pixel space), with the mean and std its weights were trained with
+(ImageNet's for torchvision and ``small_resnet``, the model's ``pretrained_cfg`` for timm), and
+exposes ``out_channels`` and ``stride``. A config
 file in ``lpcam/conf/backbone/`` picks one of the builders below by ``_target_``.
 """
 
@@ -22,18 +24,36 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Backbone(nn.Module):
-    """Wraps a feature extractor with input normalisation and its geometry."""
+    """Wraps a feature extractor with input normalisation and its geometry.
 
-    def __init__(self, body: nn.Module, out_channels: int, stride: int, name: str, layer: str) -> None:
+    ``mean`` and ``std`` (per RGB channel, for [0, 1] input) are the normalisation the body expects;
+    they default to ImageNet's. They are kept as the (non-persistent) buffers ``mean`` and ``std``,
+    and as plain tuples in :attr:`normalisation`, which says which one a backbone uses.
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        out_channels: int,
+        stride: int,
+        name: str,
+        layer: str,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
         super().__init__()
+        mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"backbone normalisation needs 3 means and 3 positive stds, got mean={mean} std={std}")
         # channels-last: about 2x faster convolutions on CPU (oneDNN) and what tensor cores want
         self.body = body.to(memory_format=torch.channels_last)
         self.out_channels = out_channels
         self.stride = stride
         self.name = name
         self.layer = layer  # which activation the features are (recorded in the prototypes file)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.normalisation = {"mean": mean, "std": std}
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: Tensor) -> Tensor:
         x = ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)

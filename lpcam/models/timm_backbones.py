@@ -3,7 +3,8 @@
 Both return a :class:`~lpcam.models.backbones.Backbone`, so CAM, LPCAM and the baselines use them
 unchanged. Pre-trained weights are never downloaded: ``pretrained=true`` reads them from the local
 Hugging Face cache (where timm keeps them) or ``weights=PATH`` from a file, and a missing file is
-reported at once.
+reported at once. Both normalise their input with the mean and std of the model's own
+``pretrained_cfg`` (0.5/0.5 for many ViTs, Inception and the TF EfficientNets), not ImageNet's.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import timm
+from timm.data import resolve_model_data_config
 from torch import Tensor, nn
 
 from lpcam.errors import MissingInput
@@ -47,6 +49,13 @@ def _create(model_name: str, pretrained: bool, weights: str | None, **kwargs) ->
     return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
 
 
+def _normalisation(net: nn.Module) -> dict:
+    """The input mean and std of ``net``'s pretrained config (timm's defaults, ImageNet's, where it
+    has none), the same whether its weights are loaded or not."""
+    cfg = resolve_model_data_config(net)
+    return {"mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])}
+
+
 class _LastFeatureMap(nn.Module):
     """timm's ``features_only`` model returns a list of maps; keep the deepest."""
 
@@ -71,7 +80,10 @@ def timm_cnn(
         kwargs["output_stride"] = output_stride
     net = _create(model_name, pretrained, weights, **kwargs)
     info = net.feature_info
-    return Backbone(_LastFeatureMap(net), info.channels()[-1], info.reduction()[-1], model_name, info.module_name()[-1])
+    return Backbone(
+        _LastFeatureMap(net), info.channels()[-1], info.reduction()[-1], model_name, info.module_name()[-1],
+        **_normalisation(net),
+    )  # fmt: skip
 
 
 class _PatchTokenMap(nn.Module):
@@ -97,4 +109,4 @@ def vit_tokens(
     """A ViT (DeiT-S by default, MCTformer's backbone) whose last-block patch tokens are the features."""
     net = _create(model_name, pretrained, weights, num_classes=0, dynamic_img_size=True, dynamic_img_pad=True)
     patch = net.patch_embed.patch_size[0]
-    return Backbone(_PatchTokenMap(net), net.num_features, patch, model_name, "blocks")
+    return Backbone(_PatchTokenMap(net), net.num_features, patch, model_name, "blocks", **_normalisation(net))
