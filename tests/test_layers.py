@@ -1,0 +1,43 @@
+"""Layers import only downward: the algorithms never reach up into the stages that use them."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "lpcam"
+
+# each layer and what it must not import (anything of lpcam above it)
+FORBIDDEN = {
+    "prototypes": ("lpcam.cams", "lpcam.stages", "lpcam.models", "lpcam.data", "lpcam.pipeline", "lpcam.cache"),
+    "cams": ("lpcam.stages", "lpcam.pipeline", "lpcam.data", "lpcam.cache"),
+    "metrics": ("lpcam.cams", "lpcam.prototypes", "lpcam.stages", "lpcam.pipeline", "lpcam.models"),
+    "models": ("lpcam.cams", "lpcam.prototypes", "lpcam.stages", "lpcam.pipeline", "lpcam.data"),
+    "data": ("lpcam.cams", "lpcam.prototypes", "lpcam.stages", "lpcam.pipeline", "lpcam.models"),
+    "stages": ("lpcam.pipeline", "lpcam.run"),
+}
+
+
+def imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_layer_imports_nothing_above_it(layer):
+    offending = {
+        f"{path.relative_to(PACKAGE)} imports {name}"
+        for path in (PACKAGE / layer).rglob("*.py")
+        for name in imported_modules(path)
+        if name.startswith(FORBIDDEN[layer])
+    }
+    assert not offending, sorted(offending)
+
+
+def test_the_check_sees_imports():
+    assert "lpcam.prototypes.store" in imported_modules(PACKAGE / "cams" / "prototype_maps.py")
