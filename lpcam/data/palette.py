@@ -23,7 +23,11 @@ def voc_palette(n: int = 256) -> np.ndarray:
 
 
 def save_palette_png(mask: np.ndarray, path: str | Path) -> None:
-    """Write a class-id mask (0..N, 255 ignore) as a palette PNG, the format of VOC's masks."""
+    """Write a class-id mask (0..N, 255 ignore) as a palette PNG, the format of VOC's masks.
+
+    The format is named, not guessed from the suffix, so that the temporary names of
+    ``atomic_write`` (``x.png.partial-<pid>``) can be written to as well.
+    """
     img = Image.fromarray(mask.astype(np.uint8), mode="P")
     img.putpalette(voc_palette().reshape(-1).tolist())
-    img.save(path)
+    img.save(path, format="PNG")
