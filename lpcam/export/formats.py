@@ -13,7 +13,7 @@ Formats: ``irn`` (IRN / official LPCAM ``.npy`` dict), ``npz`` (the same arrays 
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -243,9 +243,19 @@ class MctformerNpy(_FileFormat):
         _save_npy(tmp, {int(k): cams[i].copy() for i, k in enumerate(maps.keys)})
 
 
+@functools.lru_cache(maxsize=None)
 def crf_available() -> bool:
-    """Whether ``pydensecrf`` (PyPI ``pydensecrf2`` or ``pydensecrf``) can be imported."""
-    return importlib.util.find_spec("pydensecrf") is not None
+    """Whether ``pydensecrf`` (PyPI ``pydensecrf2`` or ``pydensecrf``) can be imported.
+
+    Imported, not just looked up: a package whose C++ extension failed to build is found but
+    unusable, and must count as absent rather than fail on the first image.
+    """
+    try:
+        import pydensecrf.densecrf  # noqa: F401
+        import pydensecrf.utils  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _crf_labels(image: np.ndarray, labels: np.ndarray, n_labels: int, steps: int, gt_prob: float) -> np.ndarray:
