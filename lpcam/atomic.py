@@ -19,8 +19,12 @@ def atomic_write(dst: str | Path, write: Callable[[Path], object]) -> Path:
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f"{dst.name}.partial-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, dst)
+    try:
+        write(tmp)
+        os.replace(tmp, dst)
+    except BaseException:  # an error or an interruption: leave nothing half-written behind
+        tmp.unlink(missing_ok=True)
+        raise
     return dst
 
 

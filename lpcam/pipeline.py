@@ -15,22 +15,25 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lpcam.cache import FeatureCache
+from lpcam.cams.aggregation import AggregationRule, rule_name
 from lpcam.data.datamodule import SegmentationDataModule
 from lpcam.errors import InputError, input_error_in
 from lpcam.loggers import log_artifact, stage_loggers
 from lpcam.models.backbones import Backbone
+from lpcam.models.classifier import Classifier
 from lpcam.prototypes.settings import PrototypeSettings
 from lpcam.prototypes.store import Prototypes
 from lpcam.results import SCHEMA, log_results, peak_memory_mb, write_json
 from lpcam.stages import classifier as classifier_stage
-from lpcam.stages.evaluation import CamEvaluator, EvaluationSettings
+from lpcam.stages.evaluation import CamEvaluator, EvaluationSettings, build_methods, lpcam_method
+from lpcam.stages.export import CamExporter, ExportSettings, claim, export_identity
 from lpcam.stages.prototypes import build_prototypes
 from lpcam.stages.provenance import Provenance
 from lpcam.viz import cam_figure
 
 log = logging.getLogger(__name__)
 
-STAGES = ("all", "train", "evaluate")
+STAGES = ("all", "train", "evaluate", "export")
 LPCAM_OTHER_KEYS = ("aggregation", "prototypes_path")  # entries of the lpcam group read by other stages
 
 
@@ -140,6 +143,9 @@ def run(cfg: DictConfig) -> dict | None:
         raise InputError(f"stage={cfg.stage!r}: expected one of {', '.join(STAGES)}")
     settings = prototype_settings(cfg)
     evaluation: EvaluationSettings = build_settings(cfg.evaluation)
+    exporting: ExportSettings = build_settings(cfg.export)
+    if cfg.stage == "export" and not exporting.dir:
+        raise InputError("stage=export: give export.dir=DIR (where the files go)")
     aggregation = instantiate(cfg.lpcam.aggregation)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -158,6 +164,10 @@ def run(cfg: DictConfig) -> dict | None:
         log.info("stage=train: classifier and prototypes ready (%s)", run_dir / "prototypes.pt")
         return None
 
+    if cfg.stage == "export":
+        export(cfg, dm, trained.classifier, protos, aggregation, evaluation, exporting, evaluation.default_threshold)
+        return None
+
     evaluator = CamEvaluator(trained.classifier, protos, dm.class_names, aggregation, evaluation)
     with stage_loggers(cfg, "evaluate") as loggers:
         # CAMs in full precision whatever the training precision: thresholds resolve differences of 0.01
@@ -172,4 +182,47 @@ def run(cfg: DictConfig) -> dict | None:
         log_results(loggers, results, figure)
         log_artifact(loggers, run_dir / "prototypes.pt", f"prototypes-{dm.name}-{backbone.name}", "prototypes")
     log.info("results: %s", run_dir / "results.json")
+    if exporting.dir:  # stage=all with export.dir: the seeds at the evaluation's best threshold
+        method = exporting.method or evaluator.primary_method
+        best = results["methods"].get(method, {}).get("best", {}).get("threshold", evaluation.default_threshold)
+        export(cfg, dm, trained.classifier, protos, aggregation, evaluation, exporting, best)
     return results
+
+
+def export(
+    cfg: DictConfig,
+    dm: SegmentationDataModule,
+    classifier: Classifier,
+    protos: Prototypes,
+    aggregation: AggregationRule,
+    evaluation: EvaluationSettings,
+    settings: ExportSettings,
+    default_threshold: float,
+) -> Path:
+    """Write the chosen method's maps of every image of the split into ``export.dir`` (see
+    :mod:`lpcam.stages.export`); returns the folder."""
+    methods = build_methods(classifier, protos, aggregation, evaluation)
+    name = settings.method or lpcam_method(rule_name(aggregation))
+    if name not in methods:
+        raise InputError(f"export.method={name!r}: expected one of this run's methods {list(methods)}")
+    split = settings.split or dm.train_split
+    threshold = settings.threshold if settings.threshold is not None else default_threshold
+    directory = Path(settings.dir)
+    identity = export_identity(
+        name, settings, split, dm.name, classifier, protos, evaluation, threshold
+    )
+    claim(directory, identity, settings.formats)
+    loader = dm.split_dataloader(split)
+    exporter = CamExporter(
+        classifier, methods[name], [str(i) for i in loader.dataset.ids], settings.writers(threshold), directory, evaluation
+    )
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, logger=False, callbacks=[], precision="32-true", inference_mode=not methods[name].needs_gradients
+    )
+    trainer.predict(exporter, dataloaders=loader, return_predictions=False)
+    rate = exporter.written / exporter.seconds if exporter.seconds else 0.0
+    log.info(
+        "export: %d images written (%d already there) to %s as %s, %.1f images/s",
+        exporter.written, exporter.skipped, directory, ",".join(settings.formats), rate,
+    )  # fmt: skip
+    return directory

@@ -15,6 +15,7 @@ FORBIDDEN = {
     "models": ("lpcam.cams", "lpcam.prototypes", "lpcam.stages", "lpcam.pipeline", "lpcam.data"),
     "data": ("lpcam.cams", "lpcam.prototypes", "lpcam.stages", "lpcam.pipeline", "lpcam.models"),
     "stages": ("lpcam.pipeline", "lpcam.run"),
+    "export": ("lpcam.cams", "lpcam.prototypes", "lpcam.stages", "lpcam.pipeline", "lpcam.models"),
 }
 
 

@@ -23,6 +23,7 @@ from pytorch_grad_cam import score_cam
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor
 
+from lpcam.cams.base import Batch, CamMethod, resized
 from lpcam.cams.multiscale import max_normalise
 from lpcam.models.classifier import Classifier
 
@@ -76,3 +77,18 @@ def baseline_maps(
                     maps = maps.flip(-1)
                 out[pairs[:, 0], pairs[:, 1]] += F.interpolate(maps, size=size, mode="bilinear", align_corners=False)[:, 0]
     return max_normalise(out)
+
+
+class GradCamBaseline(CamMethod):
+    """A grad-cam package method at its own views (``scales``, ``flip``), as a :class:`CamMethod`."""
+
+    def __init__(self, name: str, classifier: Classifier, scales: Sequence[float] = (1.0,), flip: bool = False) -> None:
+        self.name, self.classifier, self.scales, self.flip = name, classifier, tuple(scales), flip
+        self.needs_gradients = name not in GRADIENT_FREE
+
+    def maps(self, batch: Batch, size: tuple[int, int] | None = None) -> Tensor:
+        with torch.enable_grad():  # gradient methods backpropagate, also under no_grad
+            maps = baseline_maps(self.name, self.classifier, batch.images, batch.labels, self.scales, self.flip)
+        if size is None or tuple(size) == batch.size:
+            return maps
+        return max_normalise(resized(maps, size))

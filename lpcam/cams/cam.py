@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lpcam.cams.base import Batch, CamMethod
 from lpcam.cams.multiscale import merge_scales
 
 
@@ -15,5 +16,21 @@ def cam_maps(feature_views: list[Tensor], weights: Tensor, size: tuple[int, int]
     Per view ``ReLU(w_c · f)``; the views of a scale (image and flip) are summed, the scales
     upsampled to ``size`` and summed, each map divided by its maximum.
     """
-    per_scale = [F.relu(torch.einsum("vbdhw,cd->vbchw", f, weights)).sum(0) for f in feature_views]
-    return merge_scales(per_scale, size)
+    return merge_scales(cam_per_scale(feature_views, weights), size)
+
+
+def cam_per_scale(feature_views: list[Tensor], weights: Tensor) -> list[Tensor]:
+    """Per scale, (B, C, h, w) ``ReLU(w_c · f)`` summed over the scale's views."""
+    return [F.relu(torch.einsum("vbdhw,cd->vbchw", f, weights)).sum(0) for f in feature_views]
+
+
+class Cam(CamMethod):
+    """Classic CAM of a classifier's weights (C, D) over its unpooled features."""
+
+    name = "cam"
+
+    def __init__(self, weights: Tensor) -> None:
+        self.weights = weights
+
+    def per_scale(self, batch: Batch) -> list[Tensor]:
+        return cam_per_scale(batch.features, self.weights)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lpcam.cams.aggregation import AggregationRule, official
+from lpcam.cams.base import Batch, CamMethod
 from lpcam.cams.multiscale import merge_scales
 from lpcam.prototypes.store import Prototypes
 
@@ -32,23 +33,48 @@ def lpcam_maps_by_rule(
     reduces those same similarities, so comparing rules costs no extra feature work. ``classes``
     limits the work to the classes present in the batch (the others stay zero).
     """
-    bank, fg_slices, bg_slices = prototypes.bank()
-    bank = bank.to(feature_views[0])
-    scores = prototypes.bank_scores().to(bank)
+    sims = similarities_per_scale(feature_views, prototypes)
+    return {name: merge_scales(rule_per_scale(sims, prototypes, rule, classes), size) for name, rule in rules.items()}
+
+
+def similarities_per_scale(feature_views: list[Tensor], prototypes: Prototypes) -> list[Tensor]:
+    """Per scale, (B, P, h, w) similarities of the summed views to every prototype of the bank."""
+    bank = prototypes.bank()[0].to(feature_views[0])
+    return [prototype_similarities(views.sum(0), bank) for views in feature_views]
+
+
+def rule_per_scale(
+    sims: list[Tensor], prototypes: Prototypes, rule: AggregationRule, classes: Iterable[int] | None = None
+) -> list[Tensor]:
+    """Per scale, (B, C, h, w) unnormalised maps of one rule over the similarities."""
+    _, fg_slices, bg_slices = prototypes.bank()
+    scores = prototypes.bank_scores().to(sims[0])
     num_classes = len(fg_slices)
     classes = list(range(num_classes) if classes is None else classes)
-    per_scale: dict[str, list[Tensor]] = {name: [] for name in rules}
-    for views in feature_views:
-        sims = prototype_similarities(views.sum(0), bank)
-        for name, rule in rules.items():
-            out = sims.new_zeros(sims.shape[0], num_classes, *sims.shape[2:])
-            for c in classes:
-                fg, bg = fg_slices[c], bg_slices[c]
-                if fg.stop == fg.start:  # a class without prototypes (see cluster_and_select): empty map
-                    continue
-                out[:, c] = rule(sims[:, fg], sims[:, bg], scores[fg], scores[bg])
-            per_scale[name].append(out)
-    return {name: merge_scales(maps, size) for name, maps in per_scale.items()}
+    out = []
+    for scale in sims:
+        maps = scale.new_zeros(scale.shape[0], num_classes, *scale.shape[2:])
+        for c in classes:
+            fg, bg = fg_slices[c], bg_slices[c]
+            if fg.stop == fg.start:  # a class without prototypes (see cluster_and_select): empty map
+                continue
+            maps[:, c] = rule(scale[:, fg], scale[:, bg], scores[fg], scores[bg])
+        out.append(maps)
+    return out
+
+
+class Lpcam(CamMethod):
+    """LPCAM under one aggregation rule. The rules of one batch share the similarities (memoised
+    in the batch per prototype set), so scoring several rules costs one comparison."""
+
+    def __init__(self, prototypes: Prototypes, rule: AggregationRule = official, name: str = "lpcam_official") -> None:
+        self.prototypes, self.rule, self.name = prototypes, rule, name
+
+    def per_scale(self, batch: Batch) -> list[Tensor]:
+        key = ("lpcam_similarities", id(self.prototypes))
+        if key not in batch.memo:
+            batch.memo[key] = similarities_per_scale(batch.features, self.prototypes)
+        return rule_per_scale(batch.memo[key], self.prototypes, self.rule, batch.present)
 
 
 def lpcam_maps(

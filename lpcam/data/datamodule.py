@@ -92,6 +92,10 @@ class SegmentationDataModule(pl.LightningDataModule):
         """The training images, unaugmented and in a fixed order, for building prototypes."""
         return self._loader(self.train_split, self.eval_batch_size)
 
+    def split_dataloader(self, split: str) -> DataLoader:
+        """Any split, unaugmented and in order (the export stage's images)."""
+        return self._loader(split, self.eval_batch_size)
+
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.eval_split, self.eval_batch_size)
 

@@ -351,3 +351,9 @@ def make_format(name: str, **options: Any) -> ExportFormat:
     except KeyError:
         raise ValueError(f"unknown export format {name!r}; known: {sorted(FORMATS)}") from None
     return cls(**options)
+
+
+def read_irn(dir: Path, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """``keys`` and ``high_res`` of an ``irn`` file, read as IRN's ``eval_cam`` reads it."""
+    record = np.load(IrnNpy().path(Path(dir), image_id), allow_pickle=True).item()
+    return np.asarray(record["keys"]), np.asarray(record["high_res"])

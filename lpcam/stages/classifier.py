@@ -27,6 +27,8 @@ from lpcam.stages.provenance import Provenance
 
 log = logging.getLogger(__name__)
 
+NEEDS_TRAINED = ("evaluate", "export")  # stages that use a trained classifier and never train one
+
 
 @dataclass
 class ClassifierStage:
@@ -120,8 +122,8 @@ def obtain(
     if cfg.ckpt_path:
         return load(Path(cfg.ckpt_path), "ckpt_path", dm, backbone, "checkpoint")
     if not cfg.cache.classifier:
-        if cfg.stage == "evaluate":
-            raise InputError("stage=evaluate needs a trained classifier: give ckpt_path=, or set cache.classifier=true")
+        if cfg.stage in NEEDS_TRAINED:
+            raise InputError(f"stage={cfg.stage} needs a trained classifier: give ckpt_path=, or set cache.classifier=true")
         return train(cfg, dm, backbone, run_dir, prototypes, features)
     entry = Path(cfg.cache.dir) / "classifiers" / classifier_key(cfg)
     cached = entry / "best.ckpt"
@@ -129,9 +131,9 @@ def obtain(
         if cached.is_file():
             log.info("classifier: reusing %s, trained with the same config (cache.classifier=false retrains)", cached)
             return load(cached, "cache", dm, backbone, "cache")
-        if cfg.stage == "evaluate":
+        if cfg.stage in NEEDS_TRAINED:
             raise MissingInput(
-                f"stage=evaluate: no classifier trained with this config in {entry}; "
+                f"stage={cfg.stage}: no classifier trained with this config in {entry}; "
                 f"run stage=train (or stage=all) first, or give ckpt_path="
             )
         trained = train(cfg, dm, backbone, run_dir, prototypes, features)

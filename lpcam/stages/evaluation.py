@@ -12,10 +12,11 @@ import torch
 from torch import Tensor
 
 from lpcam.cams.aggregation import RULES, AggregationRule, official, rule_name
-from lpcam.cams.baselines import BASELINES, GRADIENT_FREE, baseline_maps
-from lpcam.cams.cam import cam_maps
-from lpcam.cams.multiscale import DEFAULT_SCALES, multiscale_features
-from lpcam.cams.prototype_maps import lpcam_maps_by_rule
+from lpcam.cams.base import Batch, CamMethod
+from lpcam.cams.baselines import BASELINES, GradCamBaseline
+from lpcam.cams.cam import Cam
+from lpcam.cams.multiscale import DEFAULT_SCALES
+from lpcam.cams.prototype_maps import Lpcam
 from lpcam.errors import InputError
 from lpcam.metrics.segmentation import DEFAULT_THRESHOLDS, SeedConfusion
 from lpcam.models.classifier import Classifier
@@ -67,6 +68,29 @@ def lpcam_method(rule: str) -> str:
     return f"lpcam_{rule}"
 
 
+def build_methods(
+    classifier: Classifier, prototypes: Prototypes, aggregation: AggregationRule, settings: EvaluationSettings
+) -> dict[str, CamMethod]:
+    """The run's CAM methods by results key: ``cam``, the configured LPCAM rule, the other
+    ``compare_rules`` (a rule equal to the configured one is not repeated), the baselines."""
+    primary = lpcam_method(rule_name(aggregation))
+    rules: dict[str, AggregationRule] = {primary: aggregation}
+    for name in settings.compare_rules:
+        rules.setdefault(lpcam_method(name), RULES[name])
+    methods: list[CamMethod] = [Cam(classifier.weights)]
+    methods += [Lpcam(prototypes, rule, name) for name, rule in rules.items()]
+    methods += [
+        GradCamBaseline(name, classifier, settings.baseline_scales, settings.baseline_flip)
+        for name in dict.fromkeys(settings.baselines)
+    ]
+    return {m.name: m for m in methods}
+
+
+def feature_batch(classifier: Classifier, images: Tensor, labels: Tensor, settings: EvaluationSettings) -> Batch:
+    """The context the methods of one batch share: the classifier's features at the test views."""
+    return Batch(images, labels, classifier.features, settings.scales, settings.flip)
+
+
 class CamEvaluator(pl.LightningModule):
     """Extracts CAM and LPCAM (plus any ``compare_rules`` variants of LPCAM, sharing the same
     similarities, and any grad-cam ``baselines`` at their own views) for each batch of the
@@ -94,11 +118,9 @@ class CamEvaluator(pl.LightningModule):
         self.settings = settings
         self.aggregation_name = rule_name(aggregation)
         self.primary_method = lpcam_method(self.aggregation_name)
-        self.rules: dict[str, AggregationRule] = {self.primary_method: aggregation}
-        for name in settings.compare_rules:
-            self.rules.setdefault(lpcam_method(name), RULES[name])
-        self.baselines = list(dict.fromkeys(settings.baselines))
-        self.methods = ["cam", *self.rules, *self.baselines]
+        self.cam_methods = build_methods(classifier, prototypes, aggregation, settings)
+        self.methods = list(self.cam_methods)
+        self.baselines = [m.name for m in self.cam_methods.values() if isinstance(m, GradCamBaseline)]
         self.confusions = {m: SeedConfusion(len(class_names) + 1, settings.thresholds) for m in self.methods}
         self.examples: list[dict] = []
         self.timings = {"extraction": 0.0, "evaluation": 0.0, **{b: 0.0 for b in self.baselines}}
@@ -106,31 +128,23 @@ class CamEvaluator(pl.LightningModule):
 
     @property
     def needs_gradients(self) -> bool:
-        """Whether a baseline backpropagates (the trainer must then run without inference mode)."""
-        return any(b not in GRADIENT_FREE for b in self.baselines)
+        """Whether a method backpropagates (the trainer must then run without inference mode)."""
+        return any(m.needs_gradients for m in self.cam_methods.values())
 
-    @torch.no_grad()
     def maps(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        """(B, C, H, W) maps of every method for a batch (classes absent from the batch are zero)."""
-        size = images.shape[-2:]
-        views = multiscale_features(self.classifier.features, images, self.settings.scales, self.settings.flip)
-        present = torch.nonzero(labels.sum(0)).flatten().tolist()
-        return {
-            "cam": cam_maps(views, self.classifier.weights, size),
-            **lpcam_maps_by_rule(views, self.prototypes, size, self.rules, classes=present),
-        }
+        """(B, C, H, W) maps of every method for a batch (classes absent from the batch are zero);
+        times the feature-based methods together (they share one forward pass) and each baseline."""
+        batch = feature_batch(self.classifier, images, labels, self.settings)
+        maps = {}
+        for name, method in self.cam_methods.items():
+            t = time.perf_counter()
+            with torch.no_grad():
+                maps[name] = method.maps(batch)
+            self.timings[name if name in self.baselines else "extraction"] += time.perf_counter() - t
+        return maps
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        t0 = time.perf_counter()
         maps = self.maps(batch["image"], batch["label"])
-        self.timings["extraction"] += time.perf_counter() - t0  # CAM and LPCAM (they share features)
-        for name in self.baselines:
-            t = time.perf_counter()
-            with torch.enable_grad():
-                maps[name] = baseline_maps(
-                    name, self.classifier, batch["image"], batch["label"], self.settings.baseline_scales, self.settings.baseline_flip
-                )
-            self.timings[name] += time.perf_counter() - t
         t1 = time.perf_counter()
         for b in range(len(batch["image"])):
             keys = torch.nonzero(batch["label"][b]).flatten()

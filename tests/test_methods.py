@@ -1,0 +1,52 @@
+"""The CAM-method interface: every method gives max-normalised (B, C, H, W) maps at any size, and the
+feature-based ones share one forward pass per batch."""
+
+import torch
+
+from lpcam.cams import aggregation
+from lpcam.cams.base import Batch
+from lpcam.cams.cam import Cam, cam_maps
+from lpcam.cams.multiscale import multiscale_features
+from lpcam.cams.prototype_maps import Lpcam, lpcam_maps_by_rule
+from lpcam.prototypes.store import Prototypes
+
+
+def _setup():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 3, stride=4, padding=1)
+    calls = {"n": 0}
+
+    def extract(x):
+        calls["n"] += 1
+        return torch.relu(conv(x))
+
+    images = torch.rand(2, 3, 37, 50)
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    protos = Prototypes([torch.rand(2, 8), torch.rand(3, 8), torch.rand(1, 8)], [torch.rand(2, 8), torch.zeros(0, 8), torch.rand(1, 8)])
+    return extract, calls, images, labels, protos
+
+
+def test_methods_equal_the_functions_and_share_one_forward_pass_per_batch():
+    extract, calls, images, labels, protos = _setup()
+    weights = torch.rand(3, 8)
+    batch = Batch(images, labels, extract, scales=(1.0, 0.5), flip=True)
+    methods = [Cam(weights), *(Lpcam(protos, rule, name) for name, rule in aggregation.RULES.items())]
+    with torch.no_grad():
+        maps = {m.name: m.maps(batch) for m in methods}
+    assert calls["n"] == 2  # one forward per scale (image and flip together), for all six methods
+    with torch.no_grad():
+        views = multiscale_features(extract, images, (1.0, 0.5), True)
+        torch.testing.assert_close(maps["cam"], cam_maps(views, weights, (37, 50)), rtol=0, atol=0)
+        by_rule = lpcam_maps_by_rule(views, protos, (37, 50), aggregation.RULES, classes=[0, 1, 2])
+    for name in aggregation.RULES:
+        torch.testing.assert_close(maps[name], by_rule[name], rtol=0, atol=0)
+
+
+def test_maps_at_irns_stride_4_are_max_normalised_per_channel():
+    extract, _, images, labels, protos = _setup()
+    batch = Batch(images, labels, extract, scales=(1.0,), flip=False)
+    for method in (Cam(torch.rand(3, 8)), Lpcam(protos)):
+        small = method.maps(batch, (10, 13))  # ceil(37 / 4), ceil(50 / 4)
+        assert small.shape == (2, 3, 10, 13)
+        peaks = small.flatten(2).amax(2)
+        assert torch.all((peaks == 0) | ((peaks > 0.999) & (peaks < 1)))
