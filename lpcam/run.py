@@ -4,6 +4,7 @@ composition of it. :func:`main` is the ``lpcam`` console command (pyproject.toml
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -12,6 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lpcam.errors import input_error_in
 from lpcam.pipeline import hydra_overrides, run
@@ -49,6 +51,10 @@ def record_failure(run_dir: Path, err: BaseException, to_log: bool) -> None:
 def main(cfg: DictConfig) -> float | None:
     try:
         results = run(cfg)
+    except SIGTERMException as err:  # Lightning's SystemExit would exit 0: a scheduler must see a failure
+        record_failure(Path(cfg.run_dir), err, to_log=True)
+        print("lpcam: stopped by SIGTERM; what was written is complete, and the same command resumes", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
     except Exception as err:
         multirun = HydraConfig.get().mode == RunMode.MULTIRUN
         record_failure(Path(cfg.run_dir), err, to_log=multirun)

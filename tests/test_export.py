@@ -1,6 +1,8 @@
 """The export stage end to end: files per image read back as the pipelines read them, resume after
 an interruption, refusal to mix settings, and the round trip to the in-memory evaluation."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -105,3 +107,69 @@ def test_exported_irn_files_score_exactly_the_in_memory_miou(trained, tmp_path):
     exported = score_export(out, dm.dataset("train"), dm.class_names, DEFAULT_THRESHOLDS, 0.15)
     assert exported["best"] == results["methods"]["lpcam_official"]["best"]
     assert exported["curve"] == results["methods"]["lpcam_official"]["curve"]
+
+
+def test_sigterm_stops_an_export_which_the_same_command_then_completes(tiny, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import TINY
+
+    more = ["dataset.generator.num_train=400", "trainer.max_epochs=1"]
+    assert run(tiny("stage=train", *more, run="train")) is None
+    out = tmp_path / "cams"
+    cmd = [
+        sys.executable, "-m", "lpcam.run", *TINY, *more, f"data_dir={tmp_path / 'data'}", f"cache.dir={tmp_path / 'cache'}",
+        "stage=export", f"export.dir={out}", "dataset.eval_batch_size=1", "evaluation.scales=[1.0,0.5,1.5,2.0,2.5]",
+        f"hydra.run.dir={tmp_path / 'sub'}", "logger=none",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("*.npy"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the export ended before it could be interrupted: {proc.communicate()[1][-2000:]}"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in stderr
+    done = list(out.glob("*.npy"))
+    assert 3 <= len(done) < 400 and not list(out.glob("*.partial-*"))
+    for p in done:  # every file there is complete
+        assert np.load(p, allow_pickle=True).item()["high_res"].ndim == 3
+    # the same command resumes and finishes: one file per image
+    rerun = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert len(list(out.glob("*.npy"))) == 400
+
+
+def test_two_ddp_processes_export_each_image_once_and_the_same_maps(tiny, tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import TINY
+
+    odd = "dataset.generator.num_val=15"  # an odd split: a padding sampler would repeat one image
+    assert run(tiny("stage=train", odd, run="train")) is None
+    ckpt = tmp_path / "train" / "checkpoints" / "best.ckpt"
+    run(tiny(odd, "stage=export", f"ckpt_path={ckpt}", f"export.dir={tmp_path / 'one'}", "export.split=val", run="one"))
+    cmd = [
+        sys.executable, "-m", "lpcam.run", *TINY, odd, f"data_dir={tmp_path / 'data'}", f"cache.dir={tmp_path / 'cache'}",
+        f"ckpt_path={ckpt}", "stage=export", f"export.dir={tmp_path / 'two'}", "export.split=val",
+        "trainer.devices=2", "+trainer.strategy=ddp", f"hydra.run.dir={tmp_path / 'ddp'}", "logger=none",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    written = [int(n) for n in re.findall(r"export: (\d+) images written", proc.stdout + proc.stderr)]
+    assert len(written) == 2 and sum(written) == 15 and min(written) >= 7  # each rank its shard, none twice
+    one, two = sorted((tmp_path / "one").glob("*.npy")), sorted((tmp_path / "two").glob("*.npy"))
+    assert [p.name for p in one] == [p.name for p in two] and len(one) == 15
+    for a, b in zip(one, two):
+        ra, rb = (np.load(p, allow_pickle=True).item() for p in (a, b))
+        np.testing.assert_array_equal(ra["keys"], rb["keys"])
+        np.testing.assert_array_equal(ra["high_res"], rb["high_res"])
+        np.testing.assert_array_equal(ra["cam"].numpy(), rb["cam"].numpy())

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
 from lpcam.cache import weights_digest
@@ -114,6 +115,8 @@ class CamExporter(pl.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> int:
         """Writes the batch's missing files; returns how many images it wrote."""
+        if self.trainer.received_sigterm:  # Lightning's prediction loop does not stop on SIGTERM itself
+            raise SIGTERMException
         t0 = time.perf_counter()
         ids = [self.ids[int(i)] for i in batch["index"]]
         todo = [b for b, image_id in enumerate(ids) if not self.done(image_id)]
