@@ -48,6 +48,7 @@ class ExportSettings:
     threshold: float | None = None  # png seeds: default the evaluation's best threshold, else its default
     fg_threshold: float = 0.30  # ir_label: IRN's conf_fg_thres (official LPCAM: 0.45)
     bg_threshold: float = 0.05  # ir_label: IRN's conf_bg_thres (official LPCAM: 0.25)
+    crf: bool | None = None  # ir_label: dense-CRF refinement as IRN; None = when pydensecrf imports
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "formats", tuple(self.formats))
@@ -62,7 +63,10 @@ class ExportSettings:
                 raise InputError(f"export.{name}={getattr(self, name)!r}: expected {expected}")
 
     def writers(self, threshold: float) -> list:
-        options = {"png": {"threshold": threshold}, "ir_label": {"fg_threshold": self.fg_threshold, "bg_threshold": self.bg_threshold}}
+        options = {
+            "png": {"threshold": threshold},
+            "ir_label": {"fg_threshold": self.fg_threshold, "bg_threshold": self.bg_threshold, "crf": self.crf},
+        }
         return [make_format(name, **options.get(name, {})) for name in self.formats]
 
 
