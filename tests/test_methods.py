@@ -4,8 +4,8 @@ feature-based ones share one forward pass per batch."""
 import torch
 
 from lpcam.cams import aggregation
-from lpcam.cams.base import Batch
-from lpcam.cams.cam import Cam, cam_maps
+from lpcam.cams.base import Batch, CamMethod
+from lpcam.cams.cam import Cam, cam_maps, cam_per_scale
 from lpcam.cams.multiscale import multiscale_features
 from lpcam.cams.prototype_maps import Lpcam, lpcam_maps_by_rule
 from lpcam.prototypes.store import Prototypes
@@ -50,3 +50,27 @@ def test_maps_at_irns_stride_4_are_max_normalised_per_channel():
         assert small.shape == (2, 3, 10, 13)
         peaks = small.flatten(2).amax(2)
         assert torch.all((peaks == 0) | ((peaks > 0.999) & (peaks < 1)))
+
+
+class HalfCam(CamMethod):
+    """A method added as a user would: this module and one yaml, nothing else edited. Half of
+    CAM's evidence, which max-normalisation turns back into CAM (up to its 1e-5): the same seeds."""
+
+    def __init__(self, classifier, prototypes, name: str = "half_cam") -> None:
+        self.weights, self.name = classifier.weights, name
+
+    def per_scale(self, batch: Batch) -> list:
+        return [0.5 * m for m in cam_per_scale(batch.features, self.weights)]
+
+
+def test_a_method_is_one_module_and_one_yaml(tiny, tmp_path):
+    from lpcam.pipeline import run
+
+    folder = tmp_path / "my_conf" / "method"
+    folder.mkdir(parents=True)
+    (folder / "half_cam.yaml").write_text(
+        "# @package evaluation\nmethods:\n  - _target_: tests.test_methods.HalfCam\n    _partial_: true\n    name: half_cam\n"
+    )
+    results = run(tiny(f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "method=half_cam"))
+    assert list(results["methods"])[-1] == "half_cam"
+    assert results["methods"]["half_cam"]["curve"] == results["methods"]["cam"]["curve"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, fields
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -40,6 +40,7 @@ class EvaluationSettings:
     baseline_scales: tuple[float, ...] = (1.0,)
     baseline_flip: bool = False
     num_examples: int = 4  # images in the figure
+    methods: tuple[Callable[..., CamMethod], ...] = ()  # more methods: factories(classifier=, prototypes=)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -60,6 +61,7 @@ class EvaluationSettings:
             ("baseline_scales", len(self.baseline_scales) > 0 and all(s > 0 for s in self.baseline_scales),
              "a non-empty list of positive scales"),
             ("num_examples", isinstance(self.num_examples, int) and self.num_examples >= 0, "a whole number ≥ 0"),
+            ("methods", all(callable(m) for m in self.methods), "method factories (_target_ and _partial_: true)"),
         ]  # fmt: skip
 
 
@@ -83,7 +85,13 @@ def build_methods(
         GradCamBaseline(name, classifier, settings.baseline_scales, settings.baseline_flip)
         for name in dict.fromkeys(settings.baselines)
     ]
-    return {m.name: m for m in methods}
+    methods += [factory(classifier=classifier, prototypes=prototypes) for factory in settings.methods]
+    by_name: dict[str, CamMethod] = {}
+    for m in methods:
+        if not isinstance(m, CamMethod) or m.name in by_name:
+            raise InputError(f"evaluation.methods: {m!r} is not a CamMethod or repeats the name {getattr(m, 'name', '?')!r}")
+        by_name[m.name] = m
+    return by_name
 
 
 def feature_batch(classifier: Classifier, images: Tensor, labels: Tensor, settings: EvaluationSettings) -> Batch:
