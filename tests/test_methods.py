@@ -1,6 +1,8 @@
 """The CAM-method interface: every method gives max-normalised (B, C, H, W) maps at any size, and the
 feature-based ones share one forward pass per batch."""
 
+from types import SimpleNamespace
+
 import torch
 
 from lpcam.cams import aggregation
@@ -30,7 +32,7 @@ def test_methods_equal_the_functions_and_share_one_forward_pass_per_batch():
     extract, calls, images, labels, protos = _setup()
     weights = torch.rand(3, 8)
     batch = Batch(images, labels, extract, scales=(1.0, 0.5), flip=True)
-    methods = [Cam(weights), *(Lpcam(protos, rule, name) for name, rule in aggregation.RULES.items())]
+    methods = [Cam(SimpleNamespace(weights=weights)), *(Lpcam(protos, rule, name) for name, rule in aggregation.RULES.items())]
     with torch.no_grad():
         maps = {m.name: m.maps(batch) for m in methods}
     assert calls["n"] == 2  # one forward per scale (image and flip together), for all six methods
@@ -45,7 +47,7 @@ def test_methods_equal_the_functions_and_share_one_forward_pass_per_batch():
 def test_maps_at_irns_stride_4_are_max_normalised_per_channel():
     extract, _, images, labels, protos = _setup()
     batch = Batch(images, labels, extract, scales=(1.0,), flip=False)
-    for method in (Cam(torch.rand(3, 8)), Lpcam(protos)):
+    for method in (Cam(SimpleNamespace(weights=torch.rand(3, 8))), Lpcam(protos)):
         small = method.maps(batch, (10, 13))  # ceil(37 / 4), ceil(50 / 4)
         assert small.shape == (2, 3, 10, 13)
         peaks = small.flatten(2).amax(2)
@@ -57,10 +59,10 @@ class HalfCam(CamMethod):
     CAM's evidence, which max-normalisation turns back into CAM (up to its 1e-5): the same seeds."""
 
     def __init__(self, classifier, prototypes, name: str = "half_cam") -> None:
-        self.weights, self.name = classifier.weights, name
+        self.classifier, self.name = classifier, name  # its weights are read per call: it changes device
 
     def per_scale(self, batch: Batch) -> list:
-        return [0.5 * m for m in cam_per_scale(batch.features, self.weights)]
+        return [0.5 * m for m in cam_per_scale(batch.features, self.classifier.weights)]
 
 
 def test_a_method_is_one_module_and_one_yaml(tiny, tmp_path):
@@ -74,3 +76,22 @@ def test_a_method_is_one_module_and_one_yaml(tiny, tmp_path):
     results = run(tiny(f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "method=half_cam"))
     assert list(results["methods"])[-1] == "half_cam"
     assert results["methods"]["half_cam"]["curve"] == results["methods"]["cam"]["curve"]
+
+
+def test_methods_read_the_classifier_when_called_not_when_built():
+    """The trainer moves the classifier after the methods are built (to the GPU; here to float64,
+    which replaces the parameters' data the same way): a method must not keep stale weights."""
+    from lpcam.cams.aggregation import official
+    from lpcam.models.backbones import small_resnet
+    from lpcam.models.classifier import Classifier
+    from lpcam.stages.evaluation import EvaluationSettings, build_methods, feature_batch
+
+    classifier = Classifier(small_resnet(), num_classes=3).eval()
+    protos = Prototypes([torch.rand(2, 128) for _ in range(3)], [torch.rand(1, 128) for _ in range(3)])
+    settings = EvaluationSettings(scales=[1.0], flip=False)
+    methods = build_methods(classifier, protos, official, settings)
+    classifier.double()
+    batch = feature_batch(classifier, torch.rand(1, 3, 32, 32, dtype=torch.float64), torch.tensor([[1.0, 0, 0]]), settings)
+    with torch.no_grad():
+        for method in methods.values():
+            assert method.maps(batch).dtype == torch.float64

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -25,12 +27,15 @@ def cam_per_scale(feature_views: list[Tensor], weights: Tensor) -> list[Tensor]:
 
 
 class Cam(CamMethod):
-    """Classic CAM of a classifier's weights (C, D) over its unpooled features."""
+    """Classic CAM of a classifier's weights over its unpooled features.
+
+    ``classifier`` is anything with a ``weights`` (C, D) attribute; it is read at every call, not
+    kept, because the trainer moves the classifier to its device after the method is built."""
 
     name = "cam"
 
-    def __init__(self, weights: Tensor) -> None:
-        self.weights = weights
+    def __init__(self, classifier: Any) -> None:
+        self.classifier = classifier
 
     def per_scale(self, batch: Batch) -> list[Tensor]:
-        return cam_per_scale(batch.features, self.weights)
+        return cam_per_scale(batch.features, self.classifier.weights)

@@ -79,7 +79,7 @@ def build_methods(
     rules: dict[str, AggregationRule] = {primary: aggregation}
     for name in settings.compare_rules:
         rules.setdefault(lpcam_method(name), RULES[name])
-    methods: list[CamMethod] = [Cam(classifier.weights)]
+    methods: list[CamMethod] = [Cam(classifier)]
     methods += [Lpcam(prototypes, rule, name) for name, rule in rules.items()]
     methods += [
         GradCamBaseline(name, classifier, settings.baseline_scales, settings.baseline_flip)
