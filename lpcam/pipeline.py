@@ -5,6 +5,7 @@ returns what it produced with its :class:`~lpcam.stages.provenance.Provenance`."
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -26,14 +27,14 @@ from lpcam.prototypes.store import Prototypes
 from lpcam.results import SCHEMA, log_results, peak_memory_mb, write_json
 from lpcam.stages import classifier as classifier_stage
 from lpcam.stages.evaluation import CamEvaluator, EvaluationSettings, build_methods, lpcam_method
-from lpcam.stages.export import CamExporter, ExportSettings, claim, export_identity
+from lpcam.stages.export import CamExporter, ExportSettings, claim, export_identity, read_manifest, score_export
 from lpcam.stages.prototypes import build_prototypes
 from lpcam.stages.provenance import Provenance
 from lpcam.viz import cam_figure
 
 log = logging.getLogger(__name__)
 
-STAGES = ("all", "train", "evaluate", "export")
+STAGES = ("all", "train", "evaluate", "export", "score")
 LPCAM_OTHER_KEYS = ("aggregation", "prototypes_path")  # entries of the lpcam group read by other stages
 
 
@@ -152,6 +153,8 @@ def run(cfg: DictConfig) -> dict | None:
     pl.seed_everything(cfg.seed, workers=True)
     dm: SegmentationDataModule = instantiate(cfg.dataset)
     dm.prepare_data()
+    if cfg.stage == "score":  # exported maps against the ground truth: no classifier needed
+        return score_stage(cfg, dm, evaluation, exporting, run_dir)
 
     backbone: Backbone = instantiate(cfg.backbone)
     given = given_prototypes(cfg, backbone, dm)
@@ -186,6 +189,37 @@ def run(cfg: DictConfig) -> dict | None:
         method = exporting.method or evaluator.primary_method
         best = results["methods"].get(method, {}).get("best", {}).get("threshold", evaluation.default_threshold)
         export(cfg, dm, trained.classifier, protos, aggregation, evaluation, exporting, best)
+    return results
+
+
+def score_stage(
+    cfg: DictConfig, dm: SegmentationDataModule, evaluation: EvaluationSettings, settings: ExportSettings, run_dir: Path
+) -> dict:
+    """``stage=score export.dir=DIR``: the seed metrics of the ``irn`` files of an export, by the
+    same evaluation as the in-memory one (the round trip), written to ``results.json``."""
+    if not settings.dir:
+        raise InputError("stage=score: give export.dir=DIR (a folder exported with the irn format)")
+    directory = Path(settings.dir)
+    manifest = read_manifest(directory)
+    if "irn" not in manifest.get("formats", []):
+        raise InputError(f"export.dir={directory}: it holds no irn files (formats {manifest.get('formats')}); export them first")
+    split = settings.split or dm.eval_split
+    t0 = time.perf_counter()
+    scores = score_export(directory, dm.dataset(split), dm.class_names, evaluation.thresholds, evaluation.default_threshold)
+    results = {
+        "schema": SCHEMA,
+        "dataset": dm.name,
+        "split": split,
+        "backbone": manifest.get("prototype_settings", {}).get("backbone", "unknown"),
+        "seed": cfg.seed,
+        "methods": {manifest["method"]: scores},
+        "primary_method": manifest["method"],
+        "provenance": {"maps": Provenance("file", str(directory)).as_dict()},
+        "timings_s": {"evaluation": round(time.perf_counter() - t0, 2)},
+        "peak_memory_mb": peak_memory_mb(),
+        "overrides": hydra_overrides(),
+    }
+    write_json(results, run_dir / "results.json")
     return results
 
 

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from lpcam.errors import InputError
-from lpcam.metrics.segmentation import DEFAULT_THRESHOLDS, seeds_from_cams
+from lpcam.metrics.segmentation import seeds_from_cams
 from lpcam.pipeline import run
 
 
@@ -98,15 +98,19 @@ def test_other_settings_into_the_same_folder_are_refused(trained, tmp_path):
 
 
 def test_exported_irn_files_score_exactly_the_in_memory_miou(trained, tmp_path):
-    from lpcam.stages.export import score_export
-
     out = tmp_path / "cams"
     results = run(trained(f"export.dir={out}", "export.split=train", run="all"))  # evaluate, then export
-    cfg = trained(run="x")
-    dm = instantiate(cfg.dataset)
-    exported = score_export(out, dm.dataset("train"), dm.class_names, DEFAULT_THRESHOLDS, 0.15)
+    scored = run(trained("stage=score", f"export.dir={out}", run="score"))  # the round trip, from the files
+    exported = scored["methods"]["lpcam_official"]
+    assert scored["split"] == "train" and scored["primary_method"] == "lpcam_official"
     assert exported["best"] == results["methods"]["lpcam_official"]["best"]
     assert exported["curve"] == results["methods"]["lpcam_official"]["curve"]
+    assert exported["per_class_iou"] == results["methods"]["lpcam_official"]["per_class_iou"]
+    # a split that was not exported is named, not a traceback
+    with pytest.raises(InputError, match="no exported maps for image .* of split val"):
+        run(trained("stage=score", f"export.dir={out}", "export.split=val", run="score_val"))
+    with pytest.raises(InputError, match="not a folder lpcam exported into"):
+        run(trained("stage=score", f"export.dir={tmp_path}", run="score_none"))
 
 
 def test_sigterm_stops_an_export_which_the_same_command_then_completes(tiny, tmp_path):

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from lpcam.cache import weights_digest
 from lpcam.cams.base import CamMethod
-from lpcam.errors import InputError
+from lpcam.errors import InputError, MissingInput
 from lpcam.export.formats import FORMATS, ImageMaps, make_format, strided_size
 from lpcam.models.classifier import Classifier
 from lpcam.prototypes.store import Prototypes
@@ -175,6 +175,14 @@ def export_identity(
 
 
 
+def read_manifest(directory: Path) -> dict:
+    """``DIR/export.json``, or an error saying the folder is no export."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise MissingInput(f"export.dir={directory}: no {MANIFEST}, so not a folder lpcam exported into")
+    return json.loads(path.read_text())
+
+
 def score_export(directory: Path, dataset, class_names: list[str], thresholds, default_threshold: float) -> dict:
     """Seed metrics of exported ``irn`` files against the ground truth, by the same seed
     evaluation as the in-memory one (:class:`~lpcam.metrics.segmentation.SeedConfusion`): the
@@ -185,6 +193,12 @@ def score_export(directory: Path, dataset, class_names: list[str], thresholds, d
     confusion = SeedConfusion(len(class_names) + 1, thresholds)
     for i, image_id in enumerate(dataset.ids):
         item = dataset[i]
-        keys, high_res = read_irn(Path(directory), str(image_id))
+        try:
+            keys, high_res = read_irn(Path(directory), str(image_id))
+        except FileNotFoundError as err:
+            raise MissingInput(
+                f"{err.filename}: no exported maps for image {image_id} of split {dataset.split}; "
+                f"export that split (export.split={dataset.split})"
+            ) from None
         confusion.update(torch.as_tensor(high_res), torch.as_tensor(keys) + 1, item["mask"], item["parts"])
     return confusion.results(["background", *class_names], default_threshold)
