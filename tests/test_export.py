@@ -164,7 +164,7 @@ def test_two_ddp_processes_export_each_image_once_and_the_same_maps(tiny, tmp_pa
     cmd = [
         sys.executable, "-m", "lpcam.run", *TINY, odd, f"data_dir={tmp_path / 'data'}", f"cache.dir={tmp_path / 'cache'}",
         f"ckpt_path={ckpt}", "stage=export", f"export.dir={tmp_path / 'two'}", "export.split=val",
-        "trainer.devices=2", "+trainer.strategy=ddp", f"hydra.run.dir={tmp_path / 'ddp'}", "logger=none",
+        "trainer.devices=2", "trainer.strategy=ddp", f"hydra.run.dir={tmp_path / 'ddp'}", "logger=none",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
