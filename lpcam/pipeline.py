@@ -134,12 +134,20 @@ def results_json(
     }
 
 
+def inference_trainer(cfg: DictConfig, needs_gradients: bool) -> pl.Trainer:
+    """The run's trainer for extracting maps (evaluation, export): no logger, and full precision
+    whatever the training precision, since the seed thresholds resolve differences of 0.01."""
+    return instantiate(cfg.trainer, logger=False, callbacks=[], precision="32-true", inference_mode=not needs_gradients)
+
+
 def run(cfg: DictConfig) -> dict | None:
     """Train (or load), build (or load) prototypes, evaluate CAM and LPCAM; return results.json.
 
     ``stage=train`` stops after the classifier and its prototypes (returns None);
-    ``stage=evaluate`` requires a trained classifier (``ckpt_path`` or the cache). Every setting is
-    checked before any data is generated or any training starts."""
+    ``stage=evaluate`` and ``stage=export`` require a trained classifier (``ckpt_path`` or the
+    cache); ``stage=export`` writes the maps instead of scoring them (returns None); ``stage=score``
+    scores exported files. Every setting is checked before any data is generated or any training
+    starts."""
     if cfg.stage not in STAGES:
         raise InputError(f"stage={cfg.stage!r}: expected one of {', '.join(STAGES)}")
     settings = prototype_settings(cfg)
@@ -173,11 +181,7 @@ def run(cfg: DictConfig) -> dict | None:
 
     evaluator = CamEvaluator(trained.classifier, protos, dm.class_names, aggregation, evaluation)
     with stage_loggers(cfg, "evaluate") as loggers:
-        # CAMs in full precision whatever the training precision: thresholds resolve differences of 0.01
-        tester: pl.Trainer = instantiate(
-            cfg.trainer, logger=False, callbacks=[], precision="32-true", inference_mode=not evaluator.needs_gradients
-        )
-        tester.test(evaluator, datamodule=dm, verbose=False)
+        inference_trainer(cfg, evaluator.needs_gradients).test(evaluator, datamodule=dm, verbose=False)
         provenance = {"classifier": trained.provenance, "prototypes": protos_provenance}
         results = results_json(cfg, dm, backbone.name, evaluator, protos, provenance)
         write_json(results, run_dir / "results.json")
@@ -242,18 +246,12 @@ def export(
     split = settings.split or dm.train_split
     threshold = settings.threshold if settings.threshold is not None else default_threshold
     directory = Path(settings.dir)
-    identity = export_identity(
-        name, settings, split, dm.name, classifier, protos, evaluation, threshold
-    )
-    claim(directory, identity, settings.formats)
+    claim(directory, export_identity(name, settings, split, dm.name, classifier, protos, evaluation, threshold), settings.formats)
     loader = dm.split_dataloader(split)
     exporter = CamExporter(
         classifier, methods[name], [str(i) for i in loader.dataset.ids], settings.writers(threshold), directory, evaluation
     )
-    trainer: pl.Trainer = instantiate(
-        cfg.trainer, logger=False, callbacks=[], precision="32-true", inference_mode=not methods[name].needs_gradients
-    )
-    trainer.predict(exporter, dataloaders=loader, return_predictions=False)
+    inference_trainer(cfg, methods[name].needs_gradients).predict(exporter, dataloaders=loader, return_predictions=False)
     rate = exporter.written / exporter.seconds if exporter.seconds else 0.0
     log.info(
         "export: %d images written (%d already there) to %s as %s, %.1f images/s",
