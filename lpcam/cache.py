@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,9 +68,21 @@ def weights_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()[:12]
 
 
+def secondary_process() -> bool:
+    """Whether this process is a non-first process of a distributed job: one that Lightning's DDP
+    launcher started (LOCAL_RANK / NODE_RANK > 0) or SLURM did (SLURM_PROCID > 0)."""
+    return any(int(os.environ.get(k) or 0) > 0 for k in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
 @contextmanager
 def locked(path: Path, what: str) -> Iterator[None]:
-    """Hold ``<path>.lock``; say so when another job holds it (it is computing the same entry)."""
+    """Hold ``<path>.lock``; say so when another job holds it (it is computing the same entry).
+
+    The secondary processes of a distributed job take no lock: their first process holds it for
+    the job, and waiting on it would deadlock them (it waits on them to join the training)."""
+    if secondary_process():
+        yield
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path) + ".lock")
     try:

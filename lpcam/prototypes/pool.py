@@ -11,6 +11,7 @@ only (never for building prototypes): whether a prototype is a head, a body, or 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -116,3 +117,35 @@ class FeaturePool:
         """Share of the class's CAM > τ positions that are not on an object of the class."""
         n = int(self.fg_known[c])
         return float(self.halo[c]) / n if n else None
+
+
+def merge_pools(states: list[dict], seed: int = 0) -> FeaturePool:
+    """One pool from the pools of disjoint shards (their ``state_dict``s, in shard order), still a
+    uniform sample of every feature seen.
+
+    Where no reservoir dropped a feature (each holds all it saw, and together they fit the cap),
+    the samples are concatenated in shard order: contiguous shards then give exactly the pool of
+    one process. Otherwise each merged reservoir draws how many of its ``cap`` rows come from each
+    shard from the multivariate hypergeometric law over the shards' seen counts (the split a
+    uniform sample of the union would have), then that many rows uniformly from the shard's
+    sample, itself uniform over the shard. ``seed`` makes every process merge alike.
+    """
+    cap = states[0]["cap"]
+    dim = states[0]["fg"][0][0].shape[1]
+    pool = FeaturePool(len(states[0]["fg"]), dim, cap)
+    rng = np.random.default_rng(seed)
+    for side in ("fg", "bg"):
+        for c, reservoir in enumerate(getattr(pool, side)):
+            parts = [state[side][c] for state in states]  # (buffer, tags, seen) per shard
+            seen = np.array([s for _, _, s in parts], dtype=np.int64)
+            if all(len(b) == s for b, _, s in parts) and seen.sum() <= cap:
+                take = [torch.arange(len(b)) for b, _, _ in parts]
+            else:
+                counts = rng.multivariate_hypergeometric(seen, min(cap, int(seen.sum())))
+                take = [torch.from_numpy(np.sort(rng.choice(len(b), size=k, replace=False))) for (b, _, _), k in zip(parts, counts)]
+            reservoir.buffer = torch.cat([b[i] for (b, _, _), i in zip(parts, take)])
+            reservoir.tags = torch.cat([t[i] for (_, t, _), i in zip(parts, take)])
+            reservoir.seen = int(seen.sum())
+    pool.halo = sum(state["halo"] for state in states)
+    pool.fg_known = sum(state["fg_known"] for state in states)
+    return pool

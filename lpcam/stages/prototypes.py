@@ -14,7 +14,9 @@ from typing import Iterable
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from lpcam.atomic import torch_save
@@ -23,7 +25,7 @@ from lpcam.cams.cam import cam_maps
 from lpcam.cams.multiscale import multiscale_features
 from lpcam.models.classifier import Classifier
 from lpcam.prototypes.clustering import cluster_and_select
-from lpcam.prototypes.pool import FeaturePool, feature_tags
+from lpcam.prototypes.pool import FeaturePool, feature_tags, merge_pools
 from lpcam.prototypes.settings import PrototypeSettings
 from lpcam.prototypes.store import Prototypes
 from lpcam.stages.provenance import Provenance
@@ -64,20 +66,60 @@ def collect_features(
     return pool
 
 
+def world() -> tuple[int, int]:
+    """(rank, number of processes) of the torch.distributed group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard(loader: DataLoader, rank: int, size: int) -> DataLoader:
+    """The ``rank``-th of ``size`` contiguous shards of a loader's dataset, in order, same batches."""
+    n = len(loader.dataset)
+    bounds = [n * r // size for r in range(size + 1)]
+    part = Subset(loader.dataset, range(bounds[rank], bounds[rank + 1]))
+    return DataLoader(part, batch_size=loader.batch_size, num_workers=loader.num_workers)
+
+
+def gathered_features(
+    model: Classifier, batches: DataLoader, num_classes: int, settings: PrototypeSettings, progress: bool = True
+) -> FeaturePool:
+    """:func:`collect_features`; under torch.distributed each process samples a contiguous shard,
+    and the shards' pools are gathered and merged (:func:`merge_pools`) identically on every
+    process, so all of them cluster the same pool, a uniform sample of every feature seen."""
+    rank, size = world()
+    if size == 1:
+        return collect_features(model, batches, num_classes, settings, progress)
+    local = collect_features(model, shard(batches, rank, size), num_classes, settings, progress and rank == 0)
+    states: list = [None] * size
+    dist.all_gather_object(states, local.state_dict())
+    return merge_pools(states, settings.seed)
+
+
 def pooled_features(
     model: Classifier,
-    batches: Iterable[dict],
+    batches: DataLoader,
     num_classes: int,
     settings: PrototypeSettings,
     cache: FeatureCache | None = None,
     progress: bool = True,
 ) -> FeaturePool:
-    """:func:`collect_features`, through the sweep's feature cache when one is given: the pool is
+    """:func:`gathered_features`, through the sweep's feature cache when one is given: the pool is
     keyed by the classifier's weights, the dataset and the sampling settings, so jobs that differ
-    only in K, μ or the rule cluster the same features."""
+    only in K, μ or the rule cluster the same features. Under torch.distributed the processes of
+    one job gather their shards without the cache's lock (one of them would wait on the others
+    while they wait on it in the gather), and the first process publishes the pool."""
     if cache is None:
-        return collect_features(model, batches, num_classes, settings, progress)
+        return gathered_features(model, batches, num_classes, settings, progress)
     path = cache.path(weights_digest(model), settings.sampling_dict())
+    rank, size = world()
+    if size > 1:
+        if path.is_file():
+            return FeaturePool.from_state_dict(torch.load(path, weights_only=False))
+        pool = gathered_features(model, batches, num_classes, settings, progress)
+        if rank == 0:
+            torch_save(pool.state_dict(), path)
+        return pool
     with locked(path, "feature pool"):
         if path.is_file():
             log.info("prototypes: features from the cache (%s)", path)
@@ -89,7 +131,7 @@ def pooled_features(
 
 def build_prototypes(
     model: Classifier,
-    batches: Iterable[dict],
+    batches: DataLoader,
     class_names: list[str],
     settings: PrototypeSettings,
     dataset: str = "",
