@@ -114,7 +114,9 @@ def pooled_features(
     path = cache.path(weights_digest(model), settings.sampling_dict())
     rank, size = world()
     if size > 1:
-        if path.is_file():
+        cached = [path.is_file()]
+        dist.broadcast_object_list(cached, src=0)  # one decision for all: a split one would hang the gather
+        if cached[0]:
             return FeaturePool.from_state_dict(torch.load(path, weights_only=False))
         pool = gathered_features(model, batches, num_classes, settings, progress)
         if rank == 0:
