@@ -22,7 +22,7 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from filelock import FileLock, Timeout
@@ -59,13 +59,18 @@ def classifier_key(cfg: DictConfig) -> str:
     return digest(training_config(cfg))
 
 
-def weights_digest(module: torch.nn.Module) -> str:
-    """Hash of a model's parameters and buffers: identifies a classifier however it was obtained."""
+def tensors_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """Hash of named tensors, bit for bit (names, then raw bytes, in the order given)."""
     h = hashlib.sha1()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in named:
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:12]
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """Hash of a model's parameters and buffers: identifies a classifier however it was obtained."""
+    return tensors_digest(sorted(module.state_dict().items()))
 
 
 def secondary_process() -> bool:

@@ -121,7 +121,6 @@ class CamEvaluator(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.classifier = classifier
-        self.prototypes = prototypes
         self.class_names = list(class_names)
         self.settings = settings
         self.aggregation_name = rule_name(aggregation)

@@ -9,7 +9,6 @@ classifier and the prototypes); a rerun with anything else into the same folder 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -23,10 +22,11 @@ import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import Tensor
 
-from lpcam.cache import weights_digest
+from lpcam.cache import tensors_digest, weights_digest
 from lpcam.cams.base import CamMethod
 from lpcam.errors import InputError, MissingInput
-from lpcam.export.formats import FORMATS, ImageMaps, make_format, strided_size
+from lpcam.export.formats import FORMATS, ImageMaps, make_format, read_irn, strided_size
+from lpcam.metrics.segmentation import SeedConfusion
 from lpcam.models.classifier import Classifier
 from lpcam.prototypes.store import Prototypes
 from lpcam.results import write_json
@@ -71,10 +71,11 @@ class ExportSettings:
 
 
 def prototypes_digest(prototypes: Prototypes) -> str:
-    h = hashlib.sha1()
-    for t in [*prototypes.class_protos, *prototypes.context_protos]:
-        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:12]
+    """Identifies a prototype set bit for bit, as :func:`weights_digest` a classifier."""
+    return tensors_digest(
+        [(f"class/{c}", p) for c, p in enumerate(prototypes.class_protos)]
+        + [(f"context/{c}", p) for c, p in enumerate(prototypes.context_protos)]
+    )
 
 
 def claim(directory: Path, identity: dict[str, Any], formats: tuple[str, ...]) -> None:
@@ -158,7 +159,8 @@ def export_identity(
     views: EvaluationSettings, threshold: float,
 ) -> dict[str, Any]:  # fmt: skip
     """What makes two exports' files interchangeable (the manifest's fields, formats aside)."""
-    options = {f.name: getattr(settings, f.name) for f in fields(settings) if f.name not in ("dir", "formats", "threshold")}
+    not_identity = ("dir", "formats", "threshold", "split", "method")  # the folder itself, or resolved below
+    options = {f.name: getattr(settings, f.name) for f in fields(settings) if f.name not in not_identity}
     return {
         "schema": 1,
         "dataset": dataset,
@@ -167,7 +169,7 @@ def export_identity(
         "scales": list(views.scales),
         "flip": views.flip,
         "png_threshold": threshold,
-        **{k: v for k, v in options.items() if k not in ("split", "method")},
+        **options,
         "classifier": weights_digest(classifier),
         "prototypes": prototypes_digest(prototypes),
         "prototype_settings": {k: v for k, v in prototypes.meta.items() if k != "class_names"},
@@ -187,9 +189,6 @@ def score_export(directory: Path, dataset, class_names: list[str], thresholds, d
     """Seed metrics of exported ``irn`` files against the ground truth, by the same seed
     evaluation as the in-memory one (:class:`~lpcam.metrics.segmentation.SeedConfusion`): the
     round trip that shows the files hold the evaluated maps."""
-    from lpcam.export.formats import read_irn
-    from lpcam.metrics.segmentation import SeedConfusion
-
     confusion = SeedConfusion(len(class_names) + 1, thresholds)
     for i, image_id in enumerate(dataset.ids):
         item = dataset[i]
