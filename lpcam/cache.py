@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 # entries of the config groups that do not change the trained weights (display, evaluation only)
 NOT_TRAINING = {
-    "dataset": ("eval_split", "eval_batch_size"),
+    "dataset": ("eval_split", "eval_batch_size", "prototype_split", "images_per_class"),
     "trainer": ("enable_progress_bar", "enable_model_summary", "log_every_n_steps", "default_root_dir"),
 }
 TRAINING_GROUPS = ("backbone", "model", "dataset", "trainer")
@@ -118,7 +118,11 @@ class FeatureCache:
         """The run's feature cache, None when ``cache.features`` is off."""
         if not cfg.cache.features:
             return None
-        return cls(Path(cfg.cache.dir), digest(training_config(cfg)["dataset"]))
+        dataset = training_config(cfg)["dataset"]
+        for key in ("prototype_split", "images_per_class"):  # which images the pool is sampled from
+            if cfg.dataset.get(key) is not None:
+                dataset[key] = cfg.dataset[key]
+        return cls(Path(cfg.cache.dir), digest(dataset))
 
     def path(self, weights: str, sampling: dict) -> Path:
         """The entry of a classifier (``weights``, see :func:`weights_digest`) under ``sampling``

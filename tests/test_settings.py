@@ -56,6 +56,9 @@ def test_a_new_prototype_setting_reaches_the_prototypes_file_and_the_feature_cac
         ({"mu_bg": 0.5, "context_min": 0.6}, "lpcam.context_min=0.6: expected a score in"),
         ({"k": 30, "max_features_per_class": 20}, "lpcam.max_features_per_class=20: expected a whole number, at least"),
         ({"kmeans_max_iter": 0}, "lpcam.kmeans_max_iter=0"),
+        ({"pool_memory_mb": 0}, "lpcam.pool_memory_mb=0: expected megabytes > 0"),
+        ({"pool_memory_mb": None, "max_features_per_class": None}, "lpcam.pool_memory_mb=None: expected megabytes"),
+        ({"pool_dtype": "int8"}, "lpcam.pool_dtype='int8': expected float32 or float16 or bfloat16"),
     ],
 )
 def test_prototype_settings_name_the_field_and_the_range(kwargs, message):
@@ -67,7 +70,9 @@ def test_settings_are_frozen_and_give_their_dicts():
     s = PrototypeSettings()
     with pytest.raises(AttributeError):
         s.k = 3  # type: ignore[misc]
-    assert s.sampling_dict() == {"tau": 0.1, "max_features_per_class": 20000, "seed": 0}
+    assert s.sampling_dict() == {
+        "tau": 0.1, "max_features_per_class": 20000, "pool_memory_mb": 4096, "pool_dtype": "float32", "seed": 0
+    }  # fmt: skip
     assert s.built(s.as_dict()) and not s.built({**s.as_dict(), "k": 5})
 
 

@@ -19,11 +19,11 @@ import contextlib
 import io
 from functools import cached_property
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
 from lpcam.data.datamodule import SegmentationDataModule
 from lpcam.data.voc import DatasetLayoutError, to_tensors
@@ -144,9 +144,11 @@ class CocoDataModule(SegmentationDataModule):
         seed: int = 0,
         **kwargs,
     ) -> None:
-        super().__init__(root, name=name, train_split=train_split, val_split=val_split, eval_split=eval_split, **kwargs)
+        super().__init__(
+            root, name=name, train_split=train_split, val_split=val_split, eval_split=eval_split,
+            images_per_class=images_per_class, seed=seed, **kwargs,
+        )  # fmt: skip
         self.mask_dir = mask_dir
-        self.images_per_class, self.seed = images_per_class, seed
         self._coco: dict[str, object] = {}
 
     def _index(self, split: str):
@@ -161,21 +163,3 @@ class CocoDataModule(SegmentationDataModule):
     def dataset(self, split: str, augment: bool = False) -> CocoSegmentation:
         transform = self.train_transform if augment else None
         return CocoSegmentation(self.root, split, transform, self.mask_dir, coco=self._index(split))
-
-    def prototype_indices(self, dataset: CocoSegmentation) -> Sequence[int]:
-        if not self.images_per_class:
-            return range(len(dataset))
-        rng = np.random.default_rng(self.seed)
-        chosen: set[int] = set()
-        for images in dataset.images_of_class:
-            take = min(self.images_per_class, len(images))
-            chosen.update(rng.choice(images, size=take, replace=False).tolist() if take else [])
-        return sorted(chosen)
-
-    def prototype_dataloader(self) -> DataLoader:
-        dataset = self.dataset(self.train_split)
-        return DataLoader(
-            Subset(dataset, list(self.prototype_indices(dataset))),
-            batch_size=self.eval_batch_size,
-            num_workers=self.num_workers,
-        )

@@ -173,6 +173,9 @@ class CustomDataModule(SegmentationDataModule):
         eval_batch_size: int | str = AUTO,
         num_workers: int | str = AUTO,
         train_transform: TrainTransform | str | None = AUTO,
+        prototype_split: str | None = None,
+        images_per_class: int | None = None,
+        seed: int = 0,
     ) -> None:
         if not root:
             raise InputError(f"dataset.root is not set: give the dataset's folder (dataset=custom dataset.root=PATH); {LAYOUT_HELP}")
@@ -221,6 +224,9 @@ class CustomDataModule(SegmentationDataModule):
             name=name or folder_name(path),
             class_names=class_names,
             train_transform=train_transform,
+            prototype_split=prototype_split,
+            images_per_class=images_per_class,
+            seed=seed,
             **given,
         )
         self.auto_choices = chosen

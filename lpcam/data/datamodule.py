@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Sequence
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+import numpy as np
+from torch.utils.data import DataLoader, Subset
 
 from lpcam.data.generated import DatasetGenerator
 from lpcam.data.transforms import TrainTransform
@@ -20,6 +21,10 @@ class SegmentationDataModule(pl.LightningDataModule):
       VOC's ``train_aug``.
     - ``val_split``: checkpoint selection by validation loss.
     - ``eval_split``: seed evaluation of the CAMs; VOC's ``train``, as in the papers.
+    - ``prototype_split``: the images whose features become prototypes, ``train_split`` unless
+      given (the official code builds VOC's from ``train``, the seed-evaluation split: 7× fewer
+      images); ``images_per_class`` (seeded by ``seed``) then keeps at most that many images of
+      each class, as the official code does on COCO.
 
     ``generator`` (optional) writes the dataset in ``prepare_data`` when it is not there yet,
     which is how the embedded benchmark appears on a fresh clone; its data then lives in
@@ -39,6 +44,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         train_transform: TrainTransform | None = None,
         generator: DatasetGenerator | None = None,
+        prototype_split: str | None = None,
+        images_per_class: int | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser()
@@ -50,6 +58,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.train_split, self.val_split, self.eval_split = train_split, val_split, eval_split
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.train_transform = train_transform
+        self.prototype_split = prototype_split or train_split
+        self.images_per_class, self.seed = images_per_class, seed
 
     @property
     def class_names(self) -> list[str]:
@@ -64,7 +74,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         wrong root fails at once with the expected layout, before any training."""
         if self.generator is not None:
             self.generator.write(self.root)
-        for split in (self.train_split, self.val_split, self.eval_split):
+        for split in (self.train_split, self.val_split, self.eval_split, self.prototype_split):
             if split:
                 self.dataset(split)
 
@@ -88,9 +98,26 @@ class SegmentationDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_split, self.eval_batch_size) if self.val_split else []
 
+    def prototype_indices(self, dataset) -> Sequence[int]:
+        """Which images of the prototype split are used: all, or ``images_per_class`` drawn
+        (seeded) from each class's images; every labelled class of a drawn image contributes its
+        features, so a class gets at least that many images when it has them."""
+        if not self.images_per_class:
+            return range(len(dataset))
+        rng = np.random.default_rng(self.seed)
+        chosen: set[int] = set()
+        for images in dataset.images_of_class:
+            take = min(self.images_per_class, len(images))
+            chosen.update(rng.choice(images, size=take, replace=False).tolist() if take else [])
+        return sorted(chosen)
+
     def prototype_dataloader(self) -> DataLoader:
-        """The training images, unaugmented and in a fixed order, for building prototypes."""
-        return self._loader(self.train_split, self.eval_batch_size)
+        """The images prototypes are built from, unaugmented and in a fixed order."""
+        dataset = self.dataset(self.prototype_split)
+        indices = self.prototype_indices(dataset)
+        if len(indices) < len(dataset):
+            dataset = Subset(dataset, list(indices))
+        return DataLoader(dataset, batch_size=self.eval_batch_size, num_workers=self.num_workers)
 
     def split_dataloader(self, split: str) -> DataLoader:
         """Any split, unaugmented and in order (the export stage's images)."""

@@ -16,6 +16,7 @@ so a new dataset needs nothing but images, masks and split files.
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -134,6 +135,19 @@ class VOCSegmentation(Dataset):
         if self._labels is not None and self.ids[i] in self._labels:
             return self._labels[self.ids[i]]
         return labels_from_mask(mask, self.num_classes)
+
+    @cached_property
+    def images_of_class(self) -> list[list[int]]:
+        """For each class, the indices of the images labelled with it (from the label file, else
+        from the masks, each read once): what per-class image sampling draws from."""
+        out: list[list[int]] = [[] for _ in self.class_names]
+        for i in range(len(self)):
+            label = self.label(i, None) if self._labels is not None and self.ids[i] in self._labels else None
+            if label is None:
+                label = labels_from_mask(self.read_mask(i), self.num_classes)
+            for c in np.flatnonzero(label):
+                out[c].append(i)
+        return out
 
     def __getitem__(self, i: int) -> dict:
         path = self.image_path(i)

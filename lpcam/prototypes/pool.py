@@ -3,13 +3,23 @@
 The official code holds every feature map of the training set in memory (≈9 GB on VOC, far more on
 COCO). Here each class keeps a uniform sample of at most ``cap`` foreground and ``cap`` background
 features (reservoir sampling, seeded), so memory is O(classes × cap × D) whatever the dataset size,
-and every feature seen has the same chance to be kept.
+and every feature seen has the same chance to be kept. :func:`pool_cap` turns a memory budget into
+that cap.
+
+A whole batch is sampled at once (:meth:`FeaturePool.add_batch`): the split, the draws and the tags
+of every (image, labelled class) pair are tensor operations, with no Python loop per image or
+class. The result is, bit for bit, what adding the pairs one by one in image-major order gives
+(Algorithm R with one generator shared by all reservoirs), which is what the tests check against
+a plain sequential implementation.
 
 Each sampled feature carries a *tag* saying what the ground truth has under it, for diagnostics
 only (never for building prototypes): whether a prototype is a head, a body, or background halo.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -18,86 +28,171 @@ from torch import Tensor
 # what lies under a feature, from the ground truth (diagnostics only)
 IGNORED, OFF_OBJECT, DISCRIMINATIVE, SHARED, ON_OBJECT = -1, 0, 1, 2, 3
 TAG_NAMES = {OFF_OBJECT: "off_object", DISCRIMINATIVE: "discriminative", SHARED: "shared", ON_OBJECT: "on_object"}
+FG, BG = 0, 1  # the two sides of a class: reservoir 2c + side
+TAG_DTYPE = torch.int8  # one byte a sampled feature: tags are -1..3
+POOL_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def feature_tags(mask: Tensor, parts: Tensor, c: int, ignore_index: int = 255) -> Tensor:
-    """(h, w) tags for class index ``c`` from a mask and part map already on the feature grid:
-    off the class's objects, on its discriminative / shared part, on it (no part map), or ignored."""
-    tags = torch.full_like(mask, OFF_OBJECT)
+def feature_tags(mask: Tensor, parts: Tensor, c: Tensor | int, ignore_index: int = 255) -> Tensor:
+    """Tags for class index ``c`` from masks and part maps already on the feature grid: off the
+    class's objects, on its discriminative / shared part, on it (no part map), or ignored.
+
+    ``mask``/``parts`` are (h, w) with an int ``c``, or (P, h, w) with one class index per map."""
+    c = torch.as_tensor(c, device=mask.device)
+    if c.dim():
+        c = c.view(-1, *([1] * (mask.dim() - 1)))
     on = mask == c + 1
-    tags[on] = torch.where(parts[on] > 0, parts[on], torch.full_like(parts[on], ON_OBJECT))
-    tags[mask == ignore_index] = IGNORED
-    return tags
+    tags = torch.where(on, torch.where(parts > 0, parts, torch.full_like(parts, ON_OBJECT)), torch.full_like(mask, OFF_OBJECT))
+    return tags.masked_fill(mask == ignore_index, IGNORED)
 
 
-class Reservoir:
-    """A uniform random sample of at most ``cap`` rows out of all rows ever added (Algorithm R),
-    with one integer tag per row."""
+def pool_cap(budget_mb: float | None, num_classes: int, dim: int, dtype: torch.dtype, limit: int | None) -> int:
+    """Features kept per class and side so that all ``2 × num_classes`` reservoirs (rows and their
+    one-byte tags) fit ``budget_mb``; at most ``limit`` when one is given. Raises ValueError when
+    the budget does not hold one feature per reservoir."""
+    caps = [limit] if limit else []
+    if budget_mb:
+        row_bytes = dim * torch.empty(0, dtype=dtype).element_size() + torch.empty(0, dtype=TAG_DTYPE).element_size()
+        caps.append(int(budget_mb * 2**20) // (2 * num_classes * row_bytes))
+    if not caps:
+        raise ValueError("a feature pool needs a cap: a memory budget or a number of features per class")
+    if min(caps) < 1:
+        raise ValueError(f"a {budget_mb} MB pool budget does not hold one {dim}-d feature per class and side")
+    return min(caps)
 
-    def __init__(self, cap: int, dim: int, generator: torch.Generator) -> None:
-        self.cap, self.seen = cap, 0
-        self.buffer = torch.empty(0, dim)
-        self.tags = torch.empty(0, dtype=torch.long)
-        self.generator = generator
 
-    def add(self, rows: Tensor, tags: Tensor | None = None) -> None:
-        rows = rows.detach().float().cpu()
-        tags = torch.full((len(rows),), IGNORED, dtype=torch.long) if tags is None else tags.long().cpu()
-        free = max(0, self.cap - len(self.buffer))
-        if free:
-            self.buffer = torch.cat([self.buffer, rows[:free]])
-            self.tags = torch.cat([self.tags, tags[:free]])
-            self.seen += len(rows[:free])
-            rows, tags = rows[free:], tags[free:]
-        if not len(rows):
-            return
-        # row i (0-based) of the rest is item number seen+i: it replaces slot j ~ U{0..seen+i} if j < cap
-        upper = self.seen + torch.arange(1, len(rows) + 1, dtype=torch.float64)
-        slots = (torch.rand(len(rows), generator=self.generator, dtype=torch.float64) * upper).long()
-        keep = slots < self.cap
-        slots, rows, tags = slots[keep], rows[keep], tags[keep]
-        if len(slots):
-            # when two rows draw the same slot, the later one wins, as in the sequential algorithm
-            last = {int(s): i for i, s in enumerate(slots)}
-            idx = torch.tensor(list(last.values()))
-            self.buffer[slots[idx]] = rows[idx]
-            self.tags[slots[idx]] = tags[idx]
-        self.seen += int(upper.numel())
+@dataclass
+class Side:
+    """One reservoir of a pool (a class's foreground or background), as read by the clustering."""
+
+    pool: "FeaturePool"
+    index: int  # 2c + side
 
     @property
     def rows(self) -> Tensor:
-        return self.buffer
+        return self.pool.rows[self.index, : self.pool.filled(self.index)]
+
+    @property
+    def tags(self) -> Tensor:
+        return self.pool.tags[self.index, : self.pool.filled(self.index)].long()
+
+    @property
+    def seen(self) -> int:
+        return int(self.pool.seen[self.index])
+
+    @property
+    def cap(self) -> int:
+        return self.pool.cap
+
+    def add(self, rows: Tensor, tags: Tensor | None = None) -> None:
+        """Offer ``rows`` (n, D), in order, to this reservoir alone."""
+        n = len(rows)
+        tags = torch.full((n,), IGNORED) if tags is None else tags
+        self.pool.sample(torch.full((n,), self.index, dtype=torch.long), lambda i: rows[i], tags)
 
 
 class FeaturePool:
-    """Per class, a foreground and a background reservoir, plus counts for the halo diagnostic."""
+    """Per class, a foreground and a background reservoir (uniform samples of at most ``cap``
+    features, stored in ``dtype``), plus counts for the halo diagnostic.
 
-    def __init__(self, num_classes: int, dim: int, cap: int, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.fg = [Reservoir(cap, dim, g) for _ in range(num_classes)]
-        self.bg = [Reservoir(cap, dim, g) for _ in range(num_classes)]
+    The reservoirs live in one (2C, capacity, D) tensor that grows, doubling, up to ``cap`` rows:
+    memory follows what was sampled, never beyond the cap."""
+
+    def __init__(self, num_classes: int, dim: int, cap: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> None:
+        self.num_classes, self.dim, self.cap, self.dtype = num_classes, dim, cap, dtype
+        self.generator = torch.Generator().manual_seed(seed)
+        self.rows = torch.empty(2 * num_classes, 0, dim, dtype=dtype)
+        self.tags = torch.empty(2 * num_classes, 0, dtype=TAG_DTYPE)
+        self.seen = torch.zeros(2 * num_classes, dtype=torch.long)
         self.halo = torch.zeros(num_classes, dtype=torch.long)  # fg positions off the class's objects
         self.fg_known = torch.zeros(num_classes, dtype=torch.long)  # fg positions with known ground truth
 
+    @property
+    def fg(self) -> list[Side]:
+        return [Side(self, 2 * c + FG) for c in range(self.num_classes)]
+
+    @property
+    def bg(self) -> list[Side]:
+        return [Side(self, 2 * c + BG) for c in range(self.num_classes)]
+
+    def filled(self, index: int) -> int:
+        return min(int(self.seen[index]), self.cap)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the samples (rows and tags, allocated capacity included)."""
+        return self.rows.numel() * self.rows.element_size() + self.tags.numel() * self.tags.element_size()
+
     def add(self, c: int, features: Tensor, is_fg: Tensor, tags: Tensor | None = None) -> None:
         """``features`` (D, h, w) of an image labelled ``c``; ``is_fg`` (h, w) its CAM > τ split;
-        ``tags`` (h, w) what the ground truth has under each position (see ``feature_tags``)."""
-        flat = features.flatten(1).T
-        fg = is_fg.flatten()
-        flat_tags = tags.flatten() if tags is not None else None
-        self.fg[c].add(flat[fg], None if flat_tags is None else flat_tags[fg])
-        self.bg[c].add(flat[~fg], None if flat_tags is None else flat_tags[~fg])
-        if flat_tags is not None:
-            fg_tags = flat_tags[fg]
-            self.halo[c] += int((fg_tags == OFF_OBJECT).sum())
-            self.fg_known[c] += int((fg_tags != IGNORED).sum())
+        ``tags`` (h, w) what the ground truth has under each position (see :func:`feature_tags`)."""
+        pairs = torch.tensor([[0, c]])
+        self.add_batch(features[None], pairs, is_fg[None], None if tags is None else tags[None])
+
+    def add_batch(self, features: Tensor, pairs: Tensor, is_fg: Tensor, tags: Tensor | None = None) -> None:
+        """Sample a batch: ``features`` (B, D, h, w); ``pairs`` (P, 2) the (image, class) pairs
+        to add, image-major; ``is_fg`` (P, h, w) each pair's CAM > τ split; ``tags`` (P, h, w).
+
+        The entries are every (pair, side, position), in that order: the order in which adding
+        each pair's foreground, then background, positions one pair after another draws from the
+        generator. Only the features that are kept are gathered (and copied to the CPU)."""
+        sides = torch.stack([is_fg, ~is_fg], 1).flatten(2)  # (P, 2, hw)
+        p, side, pos = sides.nonzero(as_tuple=True)
+        image, cls = pairs[p, 0].to(features.device), pairs[p, 1].to(features.device)
+        entry_tags = torch.full_like(p, IGNORED) if tags is None else tags.flatten(1)[p, pos]
+        flat = features.flatten(2)  # (B, D, hw), a view
+        self.sample(2 * cls + side, lambda i: flat[image[i], :, pos[i]], entry_tags)
+        fg = side == FG
+        if tags is not None:
+            self.halo += torch.bincount(cls[fg & (entry_tags == OFF_OBJECT)], minlength=self.num_classes).cpu()
+            self.fg_known += torch.bincount(cls[fg & (entry_tags != IGNORED)], minlength=self.num_classes).cpu()
+
+    def sample(self, reservoir: Tensor, rows_of: Callable[[Tensor], Tensor], tags: Tensor) -> None:
+        """Offer entries, in order, each to its ``reservoir`` (n,); ``rows_of(i)`` gives the
+        features of entries ``i``. Algorithm R on whole tensors: entry number g (0-based) of its
+        reservoir takes slot g while g < cap, else slot ⌊u·(g+1)⌋ if that is < cap, u uniform,
+        drawn in entry order; when entries of one batch draw the same slot the later one wins."""
+        n = len(reservoir)
+        if not n:
+            return
+        reservoir = reservoir.cpu()
+        counts = torch.bincount(reservoir, minlength=len(self.seen))
+        order = torch.argsort(reservoir, stable=True)
+        rank = torch.empty(n, dtype=torch.long)
+        rank[order] = torch.arange(n) - (torch.cumsum(counts, 0) - counts)[reservoir[order]]
+        number = self.seen[reservoir] + rank  # each entry's 0-based index among all its reservoir saw
+        slot = number.clone()
+        over = number >= self.cap
+        draws = torch.rand(int(over.sum()), generator=self.generator, dtype=torch.float64)
+        slot[over] = (draws * (number[over] + 1).to(torch.float64)).long()
+        kept = torch.nonzero(slot < self.cap).flatten()
+        key = reservoir[kept] * self.cap + slot[kept]
+        unique, inverse = torch.unique(key, return_inverse=True)
+        last = torch.full((len(unique),), -1, dtype=torch.long).scatter_reduce(0, inverse, torch.arange(len(key)), "amax")
+        winners = kept[last]
+        self._reserve(int(torch.minimum(self.seen + counts, torch.tensor(self.cap)).max()))
+        where = winners.to(tags.device)
+        self.rows[reservoir[winners], slot[winners]] = rows_of(where).to(device="cpu", dtype=self.dtype)
+        self.tags[reservoir[winners], slot[winners]] = tags[where].to(device="cpu", dtype=TAG_DTYPE)
+        self.seen += counts
+
+    def _reserve(self, needed: int) -> None:
+        """Grow the storage to hold ``needed`` rows a reservoir (doubling, at most ``cap``)."""
+        have = self.rows.shape[1]
+        if needed <= have:
+            return
+        size = min(self.cap, max(needed, 2 * have))
+        rows = torch.empty(len(self.seen), size, self.dim, dtype=self.dtype)
+        tags = torch.full((len(self.seen), size), IGNORED, dtype=TAG_DTYPE)
+        rows[:, :have], tags[:, :have] = self.rows, self.tags
+        self.rows, self.tags = rows, tags
 
     def state_dict(self) -> dict:
         """What a later job needs to cluster this pool again (the feature cache stores it)."""
         return {
-            "fg": [(r.buffer, r.tags, r.seen) for r in self.fg],
-            "bg": [(r.buffer, r.tags, r.seen) for r in self.bg],
-            "cap": self.fg[0].cap,
+            "fg": [(s.rows.clone(), s.tags, s.seen) for s in self.fg],
+            "bg": [(s.rows.clone(), s.tags, s.seen) for s in self.bg],
+            "cap": self.cap,
             "halo": self.halo,
             "fg_known": self.fg_known,
         }
@@ -105,11 +200,15 @@ class FeaturePool:
     @classmethod
     def from_state_dict(cls, state: dict) -> "FeaturePool":
         """A pool to cluster, not to add to: its sampling generator is not restored."""
-        dim = state["fg"][0][0].shape[1]
-        pool = cls(len(state["fg"]), dim, cap=state["cap"])
-        for reservoirs, saved in ((pool.fg, state["fg"]), (pool.bg, state["bg"])):
-            for r, (buffer, tags, seen) in zip(reservoirs, saved):
-                r.buffer, r.tags, r.seen = buffer, tags, seen
+        fg, bg = state["fg"], state["bg"]
+        buffers = [b for pair in zip(fg, bg) for b in pair]  # reservoir 2c + side
+        dim = buffers[0][0].shape[1]
+        pool = cls(len(fg), dim, cap=state["cap"], dtype=buffers[0][0].dtype)
+        pool._reserve(max(len(rows) for rows, _, _ in buffers))
+        for index, (rows, tags, seen) in enumerate(buffers):
+            pool.rows[index, : len(rows)] = rows
+            pool.tags[index, : len(rows)] = tags.to(TAG_DTYPE)
+            pool.seen[index] = seen
         pool.halo, pool.fg_known = state["halo"], state["fg_known"]
         return pool
 
@@ -131,21 +230,21 @@ def merge_pools(states: list[dict], seed: int = 0) -> FeaturePool:
     sample, itself uniform over the shard. ``seed`` makes every process merge alike.
     """
     cap = states[0]["cap"]
-    dim = states[0]["fg"][0][0].shape[1]
-    pool = FeaturePool(len(states[0]["fg"]), dim, cap)
     rng = np.random.default_rng(seed)
+    merged: dict = {"cap": cap}
     for side in ("fg", "bg"):
-        for c, reservoir in enumerate(getattr(pool, side)):
-            parts = [state[side][c] for state in states]  # (buffer, tags, seen) per shard
+        merged[side] = []
+        for c in range(len(states[0][side])):
+            parts = [state[side][c] for state in states]  # (rows, tags, seen) per shard
             seen = np.array([s for _, _, s in parts], dtype=np.int64)
             if all(len(b) == s for b, _, s in parts) and seen.sum() <= cap:
                 take = [torch.arange(len(b)) for b, _, _ in parts]
             else:
                 counts = rng.multivariate_hypergeometric(seen, min(cap, int(seen.sum())))
                 take = [torch.from_numpy(np.sort(rng.choice(len(b), size=k, replace=False))) for (b, _, _), k in zip(parts, counts)]
-            reservoir.buffer = torch.cat([b[i] for (b, _, _), i in zip(parts, take)])
-            reservoir.tags = torch.cat([t[i] for (_, t, _), i in zip(parts, take)])
-            reservoir.seen = int(seen.sum())
-    pool.halo = sum(state["halo"] for state in states)
-    pool.fg_known = sum(state["fg_known"] for state in states)
-    return pool
+            rows = torch.cat([b[i] for (b, _, _), i in zip(parts, take)])
+            tags = torch.cat([t[i] for (_, t, _), i in zip(parts, take)])
+            merged[side].append((rows, tags, int(seen.sum())))
+    merged["halo"] = sum(state["halo"] for state in states)
+    merged["fg_known"] = sum(state["fg_known"] for state in states)
+    return FeaturePool.from_state_dict(merged)

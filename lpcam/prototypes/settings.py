@@ -17,6 +17,7 @@ from lpcam.errors import InputError
 
 SAMPLING = {"sampling": True}  # field metadata: the setting changes the sampled feature pool
 SCORES = ("softmax", "sigmoid")
+POOL_DTYPES = ("float32", "float16", "bfloat16")
 KMEANS_METRICS = ("cosine", "euclidean")
 
 
@@ -34,7 +35,9 @@ class PrototypeSettings:
     context_min: float = 0.05
     score: str = "softmax"  # centre score: softmax over classes (official) | sigmoid
     keep_best: bool = True  # keep the best foreground centre when none passes mu_fg
-    max_features_per_class: int = field(default=20000, metadata=SAMPLING)  # reservoir cap per class and side
+    max_features_per_class: int | None = field(default=20000, metadata=SAMPLING)  # reservoir cap per class and side
+    pool_memory_mb: float | None = field(default=4096, metadata=SAMPLING)  # all reservoirs together, whatever C and D
+    pool_dtype: str = field(default="float32", metadata=SAMPLING)  # how sampled features are stored
     kmeans_metric: str = "cosine"
     kmeans_max_iter: int = 100
     seed: int = field(default=0, metadata=SAMPLING)
@@ -53,8 +56,13 @@ class PrototypeSettings:
             ("mu_bg", 0 < self.mu_bg <= 1, "a score threshold in (0, 1]"),
             ("context_min", 0 <= self.context_min < self.mu_bg, "a score in [0, lpcam.mu_bg)"),
             ("score", self.score in SCORES, " or ".join(SCORES)),
-            ("max_features_per_class", whole(self.max_features_per_class) and self.max_features_per_class >= self.k,
-             "a whole number, at least lpcam.k"),
+            ("max_features_per_class", self.max_features_per_class is None
+             or (whole(self.max_features_per_class) and self.max_features_per_class >= self.k),
+             "a whole number, at least lpcam.k, or null (the memory budget alone)"),
+            ("pool_memory_mb", self.pool_memory_mb is None and self.max_features_per_class is not None
+             or isinstance(self.pool_memory_mb, (int, float)) and not isinstance(self.pool_memory_mb, bool)
+             and self.pool_memory_mb > 0, "megabytes > 0 (null only with lpcam.max_features_per_class set)"),
+            ("pool_dtype", self.pool_dtype in POOL_DTYPES, " or ".join(POOL_DTYPES)),
             ("kmeans_metric", self.kmeans_metric in KMEANS_METRICS, " or ".join(KMEANS_METRICS)),
             ("kmeans_max_iter", whole(self.kmeans_max_iter) and self.kmeans_max_iter >= 1, "a whole number ≥ 1"),
         ]  # fmt: skip

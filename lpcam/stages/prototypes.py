@@ -23,9 +23,10 @@ from lpcam.atomic import torch_save
 from lpcam.cache import FeatureCache, locked, weights_digest
 from lpcam.cams.cam import cam_maps
 from lpcam.cams.multiscale import multiscale_features
+from lpcam.errors import InputError
 from lpcam.models.classifier import Classifier
 from lpcam.prototypes.clustering import cluster_and_select
-from lpcam.prototypes.pool import FeaturePool, feature_tags, merge_pools
+from lpcam.prototypes.pool import POOL_DTYPES, FeaturePool, feature_tags, merge_pools, pool_cap
 from lpcam.prototypes.settings import PrototypeSettings
 from lpcam.prototypes.store import Prototypes
 from lpcam.stages.provenance import Provenance
@@ -43,6 +44,7 @@ def collect_features(
     feature grid (here computed at that scale with its flip, on the same grid, which avoids a
     second pass) marks foreground (> τ) and background (< τ) positions. The ground truth under
     each position is kept as a tag, for diagnostics only (halo share, prototype composition).
+    Each batch is split, tagged and sampled whole (:meth:`FeaturePool.add_batch`).
     """
     pool: FeaturePool | None = None
     weights = model.weights
@@ -53,16 +55,33 @@ def collect_features(
         feats = views[0][0]  # the unflipped view
         cams = cam_maps(views, weights, feats.shape[-2:])
         if pool is None:
-            pool = FeaturePool(num_classes, feats.shape[1], settings.max_features_per_class, settings.seed)
+            pool = new_pool(num_classes, feats.shape[1], settings)
         grid = feats.shape[-2:]
-        masks = F.interpolate(batch["mask"][:, None].float(), size=grid, mode="nearest")[:, 0].long()
-        parts = F.interpolate(batch["parts"][:, None].float(), size=grid, mode="nearest")[:, 0].long()
-        for b in range(len(images)):
-            for c in torch.nonzero(batch["label"][b]).flatten().tolist():
-                tags = feature_tags(masks[b], parts[b], c)
-                pool.add(c, feats[b].cpu(), (cams[b, c] > settings.tau).cpu(), tags)
+        masks = F.interpolate(batch["mask"][:, None].float(), size=grid, mode="nearest")[:, 0].long().to(device)
+        parts = F.interpolate(batch["parts"][:, None].float(), size=grid, mode="nearest")[:, 0].long().to(device)
+        pairs = torch.nonzero(batch["label"].to(device) > 0)  # (image, class), image-major
+        image, cls = pairs[:, 0], pairs[:, 1]
+        tags = feature_tags(masks[image], parts[image], cls)
+        pool.add_batch(feats, pairs, cams[image, cls] > settings.tau, tags)
     if pool is None:
         raise ValueError("prototypes: the training split yielded no images")
+    return pool
+
+
+def new_pool(num_classes: int, dim: int, settings: PrototypeSettings) -> FeaturePool:
+    """An empty pool whose reservoirs fit ``lpcam.pool_memory_mb`` (and ``max_features_per_class``)."""
+    dtype = POOL_DTYPES[settings.pool_dtype]
+    cap = pool_cap(settings.pool_memory_mb, num_classes, dim, dtype, settings.max_features_per_class)
+    if cap < settings.k:
+        raise InputError(
+            f"lpcam.pool_memory_mb={settings.pool_memory_mb}: holds only {cap} {dim}-d features per class and side "
+            f"for {num_classes} classes, fewer than lpcam.k={settings.k}; raise the budget"
+        )
+    pool = FeaturePool(num_classes, dim, cap, settings.seed, dtype)
+    log.info(
+        "prototypes: at most %d features per class and side (%d classes, %d-d, %s): %.0f MB at most",
+        cap, num_classes, dim, settings.pool_dtype, 2 * num_classes * cap * (dim * pool.rows.element_size() + 1) / 2**20,
+    )  # fmt: skip
     return pool
 
 
