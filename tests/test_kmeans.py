@@ -95,7 +95,7 @@ def test_deterministic_same_seed_and_other_seed_still_recovers():
     _match(c, truth, 3)
     # Seeding matters: the initial draw differs between seeds (cluster numbering may too).
     g7, g8 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(8)
-    assert not torch.equal(km._kmeans_plus_plus(x, 3, "cosine", g7, 64), km._kmeans_plus_plus(x, 3, "cosine", g8, 64))
+    assert not torch.equal(km._kmeans_plus_plus(_rows(x), 3, "cosine", g7), km._kmeans_plus_plus(_rows(x), 3, "cosine", g8))
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
@@ -207,3 +207,7 @@ def test_other_dtypes_computed_in_float32(dtype):
     for t in range(3):
         torch.testing.assert_close(res.centres[mapping[t]], ref[truth == t].mean(0), atol=1e-4, rtol=1e-4)
     assert not xd.dtype == torch.float32  # input untouched
+
+
+def _rows(x: torch.Tensor, chunk: int = 64) -> km._Rows:
+    return km._Rows(x, km._row_norms(x, chunk), chunk)

@@ -93,18 +93,22 @@ def kmeans(
     _validate(x, k, metric, max_iter, tol, chunk_size)
     with torch.no_grad():
         x = x.detach()
+        norms = _row_norms(x, chunk_size)
+        if not bool(torch.isfinite(norms).all()):
+            raise ValueError("kmeans input contains NaN or infinite values")
         n = x.shape[0]
         k = min(k, n)
         gen = torch.Generator(device="cpu").manual_seed(seed)
+        x = _Rows(x, norms, chunk_size)
 
-        centres = _kmeans_plus_plus(x, k, metric, gen, chunk_size)
+        centres = _kmeans_plus_plus(x, k, metric, gen)
         converged = False
         iterations = 0
         labels = torch.empty(0)
         counts = torch.empty(0)
         while iterations < max_iter:
             iterations += 1
-            labels, dist, sums, counts = _assign(x, centres, metric, chunk_size)
+            labels, dist, sums, counts = _assign(x, centres, metric)
             if bool((counts == 0).any()):
                 _reseed_empty(x, labels, dist, sums, counts)
             new = (sums / counts.unsqueeze(1).to(sums.dtype)).to(torch.float32)
@@ -114,7 +118,7 @@ def kmeans(
                 converged = True
                 break
 
-        inertia = _inertia(x, centres, labels, metric, chunk_size)
+        inertia = _inertia(x, centres, labels, metric)
     return KMeansResult(
         centres=centres,
         labels=labels,
@@ -148,15 +152,37 @@ def _validate(x: Tensor, k: int, metric: str, max_iter: int, tol: float, chunk_s
         raise ValueError(f"tol must be >= 0, got {tol!r}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    for _, xc in _chunks(x, chunk_size):
-        if not bool(torch.isfinite(xc).all()):
-            raise ValueError("kmeans input contains NaN or infinite values")
+
+
+class _Rows:
+    """The input with its row norms, computed once, walked in chunks of float32 rows: every pass
+    (seeding, assignment, inertia) reuses the norms instead of recomputing them from the rows."""
+
+    def __init__(self, x: Tensor, norms: Tensor, chunk_size: int) -> None:
+        self.x, self.norms, self.chunk_size = x, norms, chunk_size
+        self.shape, self.device = x.shape, x.device
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.x[i]
+
+    def chunks(self) -> Iterator[tuple[int, Tensor, Tensor]]:
+        """(start, float32 rows, their norms): only one chunk is ever converted at a time."""
+        for start, xc in _chunks(self.x, self.chunk_size):
+            yield start, xc, self.norms[start : start + xc.shape[0]]
 
 
 def _chunks(x: Tensor, chunk_size: int) -> Iterator[tuple[int, Tensor]]:
     """Yield (start, float32 rows) so that only one chunk is ever converted at a time."""
     for start in range(0, x.shape[0], chunk_size):
         yield start, x[start : start + chunk_size].to(torch.float32)
+
+
+def _row_norms(x: Tensor, chunk_size: int) -> Tensor:
+    """(N,) float32 L2 norm of every row (NaN or inf where a row is not finite)."""
+    out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+    for start, xc in _chunks(x, chunk_size):
+        out[start : start + xc.shape[0]] = torch.linalg.vector_norm(xc, dim=1)
+    return out
 
 
 def _prepare(centres: Tensor, metric: Metric) -> tuple[Tensor, Tensor | None]:
@@ -166,25 +192,22 @@ def _prepare(centres: Tensor, metric: Metric) -> tuple[Tensor, Tensor | None]:
     return centres, (centres * centres).sum(dim=1)
 
 
-def _chunk_dist(xc: Tensor, prepared: tuple[Tensor, Tensor | None], metric: Metric) -> Tensor:
-    """(chunk, k) distances; memory O(chunk * k) beyond the chunk itself."""
+def _chunk_dist(xc: Tensor, norms: Tensor, prepared: tuple[Tensor, Tensor | None], metric: Metric) -> Tensor:
+    """(chunk, k) distances from rows ``xc`` with L2 ``norms``; memory O(chunk * k) beyond the chunk."""
     c, c_sq = prepared
     dots = xc @ c.T
     if metric == "cosine":
         # Divide by the row norms instead of normalising the chunk (no chunk x D copy).
-        norms = torch.linalg.vector_norm(xc, dim=1).clamp_min(_EPS)
-        return (1.0 - dots / norms.unsqueeze(1)).clamp_min_(0.0)
-    x_sq = torch.linalg.vector_norm(xc, dim=1).square()
-    return (x_sq.unsqueeze(1) - 2.0 * dots + c_sq.unsqueeze(0)).clamp_min_(0.0)
+        return (1.0 - dots / norms.clamp_min(_EPS).unsqueeze(1)).clamp_min_(0.0)
+    return (norms.square().unsqueeze(1) - 2.0 * dots + c_sq.unsqueeze(0)).clamp_min_(0.0)
 
 
-def _assign(
-    x: Tensor, centres: Tensor, metric: Metric, chunk_size: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _assign(x: _Rows, centres: Tensor, metric: Metric) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One pass: nearest centre per point, its distance, and per-cluster sums and counts.
 
-    Sums are accumulated in float64 in row order, so the result does not depend on
-    ``chunk_size`` beyond last-bit matmul effects. Ties go to the lowest centre index.
+    A chunk's sums are one float64 matrix product (its one-hot labels by its rows), so the sums
+    are exact to float64 rounding and do not depend on ``chunk_size`` beyond last-bit effects.
+    Ties go to the lowest centre index.
     """
     n, d = x.shape
     k = centres.shape[0]
@@ -192,11 +215,12 @@ def _assign(
     labels = torch.empty(n, dtype=torch.long, device=x.device)
     dist = torch.empty(n, dtype=torch.float32, device=x.device)
     sums = torch.zeros(k, d, dtype=torch.float64, device=x.device)
-    for start, xc in _chunks(x, chunk_size):
-        dmin, lab = _chunk_dist(xc, prepared, metric).min(dim=1)
+    for start, xc, norms in x.chunks():
+        dmin, lab = _chunk_dist(xc, norms, prepared, metric).min(dim=1)
         labels[start : start + xc.shape[0]] = lab
         dist[start : start + xc.shape[0]] = dmin
-        sums.index_add_(0, lab, xc.to(torch.float64))
+        rows = xc.to(torch.float64)
+        sums += F.one_hot(lab, k).to(torch.float64).T @ rows
     counts = torch.bincount(labels, minlength=k)
     return labels, dist, sums, counts
 
@@ -223,7 +247,7 @@ def _reseed_empty(x: Tensor, labels: Tensor, dist: Tensor, sums: Tensor, counts:
         dist[i] = 0.0  # now sits on its own centre; never picked twice
 
 
-def _kmeans_plus_plus(x: Tensor, k: int, metric: Metric, gen: torch.Generator, chunk_size: int) -> Tensor:
+def _kmeans_plus_plus(x: _Rows, k: int, metric: Metric, gen: torch.Generator) -> Tensor:
     """k-means++ seeding under ``metric``, driven only by the CPU generator ``gen``.
 
     Each new centre is a data point drawn with probability proportional to its distance
@@ -237,7 +261,7 @@ def _kmeans_plus_plus(x: Tensor, k: int, metric: Metric, gen: torch.Generator, c
     centres = torch.empty(k, d, dtype=torch.float32, device=x.device)
     idx = int(torch.randint(n, (1,), generator=gen))
     centres[0] = x[idx].to(torch.float32)
-    mind = _dist_to_one(x, centres[0:1], metric, chunk_size)
+    mind = _dist_to_one(x, centres[0:1], metric)
     for c in range(1, k):
         w = mind.to(device="cpu", dtype=torch.float64)
         u = float(torch.rand((), generator=gen, dtype=torch.float64))
@@ -250,25 +274,25 @@ def _kmeans_plus_plus(x: Tensor, k: int, metric: Metric, gen: torch.Generator, c
         else:
             idx = min(int(u * n), n - 1)
         centres[c] = x[idx].to(torch.float32)
-        mind = torch.minimum(mind, _dist_to_one(x, centres[c : c + 1], metric, chunk_size))
+        mind = torch.minimum(mind, _dist_to_one(x, centres[c : c + 1], metric))
     return centres
 
 
-def _dist_to_one(x: Tensor, centre: Tensor, metric: Metric, chunk_size: int) -> Tensor:
+def _dist_to_one(x: _Rows, centre: Tensor, metric: Metric) -> Tensor:
     """(N,) distances from every point to a single (1, D) centre."""
     prepared = _prepare(centre, metric)
     out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
-    for start, xc in _chunks(x, chunk_size):
-        out[start : start + xc.shape[0]] = _chunk_dist(xc, prepared, metric)[:, 0]
+    for start, xc, norms in x.chunks():
+        out[start : start + xc.shape[0]] = _chunk_dist(xc, norms, prepared, metric)[:, 0]
     return out
 
 
-def _inertia(x: Tensor, centres: Tensor, labels: Tensor, metric: Metric, chunk_size: int) -> float:
+def _inertia(x: _Rows, centres: Tensor, labels: Tensor, metric: Metric) -> float:
     """Sum of metric distances from each point to the centre of its label (float64 sum)."""
     prepared = _prepare(centres, metric)
     total = torch.zeros((), dtype=torch.float64, device=x.device)
-    for start, xc in _chunks(x, chunk_size):
+    for start, xc, norms in x.chunks():
         lab = labels[start : start + xc.shape[0]]
-        dist = _chunk_dist(xc, prepared, metric).gather(1, lab.unsqueeze(1))
+        dist = _chunk_dist(xc, norms, prepared, metric).gather(1, lab.unsqueeze(1))
         total += dist.to(torch.float64).sum()
     return float(total)
