@@ -80,14 +80,16 @@ def run_prototypes(
     path: Path,
 ) -> tuple[Prototypes, Provenance]:
     """The prototypes this run evaluates: the given file, else those that came with the classifier
-    when they were built with this run's settings, else built now."""
+    when they were built with this run's settings from the same images, else built now."""
     if given is not None:
         return given
-    if trained.prototypes is not None and settings.built(trained.prototypes.meta):
-        return trained.prototypes, trained.prototypes_provenance
+    carried = trained.prototypes
+    if carried is not None and settings.built(carried.meta) and carried.meta.get("images") == dm.prototype_selection():
+        return carried, trained.prototypes_provenance
     protos, seconds = build_prototypes(
-        trained.classifier, dm.prototype_dataloader(), dm.class_names, settings, dm.name, features
-    )
+        trained.classifier, dm.prototype_dataloader(), dm.class_names, settings, dm.name, features,
+        images=dm.prototype_selection(),
+    )  # fmt: skip
     return protos, Provenance("built", str(path), seconds)
 
 
@@ -120,6 +122,7 @@ def results_json(
         "aggregation": evaluator.aggregation_name,
         "prototypes": {
             "settings": {f.name: protos.meta.get(f.name) for f in fields(PrototypeSettings)},  # of the file used
+            "images": protos.meta.get("images"),  # the split (and per-class sample) they were built from
             "counts": protos.counts(),
             "halo_share": {name: s.get("halo_share") for name, s in protos.stats.items()},
             "composition": {

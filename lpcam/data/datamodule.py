@@ -111,6 +111,12 @@ class SegmentationDataModule(pl.LightningDataModule):
             chosen.update(rng.choice(images, size=take, replace=False).tolist() if take else [])
         return sorted(chosen)
 
+    def prototype_selection(self) -> dict:
+        """Which images the prototypes come from, as recorded in a prototypes file's ``meta``: a
+        run with another selection does not reuse the prototypes its checkpoint carries."""
+        return {"split": self.prototype_split, "images_per_class": self.images_per_class,
+                "seed": self.seed if self.images_per_class else None}  # fmt: skip
+
     def prototype_dataloader(self) -> DataLoader:
         """The images prototypes are built from, unaugmented and in a fixed order."""
         dataset = self.dataset(self.prototype_split)

@@ -48,16 +48,14 @@ def feature_tags(mask: Tensor, parts: Tensor, c: Tensor | int, ignore_index: int
 
 def pool_cap(budget_mb: float | None, num_classes: int, dim: int, dtype: torch.dtype, limit: int | None) -> int:
     """Features kept per class and side so that all ``2 × num_classes`` reservoirs (rows and their
-    one-byte tags) fit ``budget_mb``; at most ``limit`` when one is given. Raises ValueError when
-    the budget does not hold one feature per reservoir."""
+    one-byte tags) fit ``budget_mb``; at most ``limit`` when one is given (0 when the budget does
+    not hold one feature a reservoir: the caller says which setting to raise)."""
     caps = [limit] if limit else []
     if budget_mb:
         row_bytes = dim * torch.empty(0, dtype=dtype).element_size() + torch.empty(0, dtype=TAG_DTYPE).element_size()
         caps.append(int(budget_mb * 2**20) // (2 * num_classes * row_bytes))
     if not caps:
         raise ValueError("a feature pool needs a cap: a memory budget or a number of features per class")
-    if min(caps) < 1:
-        raise ValueError(f"a {budget_mb} MB pool budget does not hold one {dim}-d feature per class and side")
     return min(caps)
 
 

@@ -18,6 +18,7 @@ from lpcam.errors import InputError
 SAMPLING = {"sampling": True}  # field metadata: the setting changes the sampled feature pool
 SCORES = ("softmax", "sigmoid")
 POOL_DTYPES = ("float32", "float16", "bfloat16")
+FEATURE_DTYPES = ("float32", "bfloat16")
 KMEANS_METRICS = ("cosine", "euclidean")
 
 
@@ -38,6 +39,7 @@ class PrototypeSettings:
     max_features_per_class: int | None = field(default=20000, metadata=SAMPLING)  # reservoir cap per class and side
     pool_memory_mb: float | None = field(default=4096, metadata=SAMPLING)  # all reservoirs together, whatever C and D
     pool_dtype: str = field(default="float32", metadata=SAMPLING)  # how sampled features are stored
+    feature_dtype: str = field(default="float32", metadata=SAMPLING)  # the feature pass: float32 | bfloat16 (autocast)
     kmeans_metric: str = "cosine"
     kmeans_max_iter: int = 100
     seed: int = field(default=0, metadata=SAMPLING)
@@ -63,6 +65,7 @@ class PrototypeSettings:
              or isinstance(self.pool_memory_mb, (int, float)) and not isinstance(self.pool_memory_mb, bool)
              and self.pool_memory_mb > 0, "megabytes > 0 (null only with lpcam.max_features_per_class set)"),
             ("pool_dtype", self.pool_dtype in POOL_DTYPES, " or ".join(POOL_DTYPES)),
+            ("feature_dtype", self.feature_dtype in FEATURE_DTYPES, " or ".join(FEATURE_DTYPES)),
             ("kmeans_metric", self.kmeans_metric in KMEANS_METRICS, " or ".join(KMEANS_METRICS)),
             ("kmeans_max_iter", whole(self.kmeans_max_iter) and self.kmeans_max_iter >= 1, "a whole number ≥ 1"),
         ]  # fmt: skip

@@ -45,13 +45,16 @@ def collect_features(
     second pass) marks foreground (> τ) and background (< τ) positions. The ground truth under
     each position is kept as a tag, for diagnostics only (halo share, prototype composition).
     Each batch is split, tagged and sampled whole (:meth:`FeaturePool.add_batch`).
+    ``lpcam.feature_dtype=bfloat16`` runs the forward pass under autocast; the CAM, the split and
+    the pool then work on its output in float32 (or ``lpcam.pool_dtype``).
     """
     pool: FeaturePool | None = None
     weights = model.weights
     device = weights.device
     for batch in tqdm(batches, desc="prototypes: features", disable=not progress, leave=False):
         images = batch["image"].to(device)
-        views = multiscale_features(model.features, images, scales=(1.0,), flip=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.feature_dtype == "bfloat16"):
+            views = [v.float() for v in multiscale_features(model.features, images, scales=(1.0,), flip=True)]
         feats = views[0][0]  # the unflipped view
         cams = cam_maps(views, weights, feats.shape[-2:])
         if pool is None:
@@ -158,10 +161,12 @@ def build_prototypes(
     dataset: str = "",
     cache: FeatureCache | None = None,
     progress: bool = True,
+    images: dict | None = None,
 ) -> tuple[Prototypes, dict[str, float]]:
-    """The whole build. Returns the prototypes, whose ``meta`` records the settings and the
-    feature space that built them, and the seconds of its two steps (``features`` is the time
-    to load the pool when it came from the cache)."""
+    """The whole build. Returns the prototypes, whose ``meta`` records the settings, the feature
+    space and the ``images`` (see ``SegmentationDataModule.prototype_selection``) that built them,
+    and the seconds of its two steps (``features`` is the time to load the pool when it came from
+    the cache)."""
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
@@ -177,6 +182,7 @@ def build_prototypes(
         "dim": backbone.out_channels,
         "class_names": list(class_names),
         "dataset": dataset,
+        "images": images,
         **settings.as_dict(),
     }
     return protos, {"features": t1 - t0, "clustering": t2 - t1}
@@ -205,7 +211,8 @@ class PrototypeCallback(pl.Callback):
             pl_module.load_state_dict(state)
         dm = trainer.datamodule
         protos, seconds = build_prototypes(
-            pl_module, dm.prototype_dataloader(), dm.class_names, self.settings, dm.name, self.cache, self.progress
+            pl_module, dm.prototype_dataloader(), dm.class_names, self.settings, dm.name, self.cache, self.progress,
+            dm.prototype_selection(),
         )
         if trainer.is_global_zero:
             protos.save(self.path)
