@@ -91,3 +91,12 @@ def test_half_precision_pool_and_bf16_feature_pass_sample_the_same_positions(tin
         torch.testing.assert_close(half.fg[c].rows.float(), full.fg[c].rows, rtol=1e-3, atol=1e-3)
         # bf16 forward: nearly the same split (positions near tau may change side), close features
         assert abs(bf16.fg[c].seen - full.fg[c].seen) <= 0.05 * full.fg[c].seen + 5
+
+
+def test_the_ddp_trainer_config_is_a_valid_trainer(tiny):
+    cfg = tiny("trainer=ddp")
+    assert (cfg.trainer.accelerator, cfg.trainer.devices, cfg.trainer.strategy, cfg.trainer.precision) == (
+        "gpu", -1, "ddp", "bf16-mixed"
+    )
+    trainer = instantiate(tiny("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2").trainer, logger=False)
+    assert trainer.world_size == 2 and type(trainer.strategy).__name__ == "DDPStrategy"
