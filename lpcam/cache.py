@@ -38,6 +38,10 @@ NOT_TRAINING = {
     "trainer": ("enable_progress_bar", "enable_model_summary", "log_every_n_steps", "default_root_dir"),
 }
 TRAINING_GROUPS = ("backbone", "model", "dataset", "trainer")
+# entries that change nothing at their default value, left out of the key then (so the keys of
+# caches made before they existed still hold): dataset.bad_images=error trains only on data with no
+# bad image, the same data as skip would
+DEFAULT_ONLY = {"dataset": {"bad_images": "error"}}
 
 
 def digest(obj: Any, length: int = 12) -> str:
@@ -51,6 +55,10 @@ def training_config(cfg: DictConfig) -> dict:
     for group, keys in NOT_TRAINING.items():
         for key in keys:
             parts[group].pop(key, None)
+    for group, defaults in DEFAULT_ONLY.items():
+        for key, default in defaults.items():
+            if parts[group].get(key) == default:
+                del parts[group][key]
     parts["seed"] = cfg.seed
     return parts
 

@@ -39,8 +39,8 @@ LPCAM_OTHER_KEYS = ("aggregation", "prototypes_path")  # entries of the lpcam gr
 
 
 def build_settings(node) -> object:
-    """A settings object from its config node (Hydra's ``instantiate``); the :class:`InputError`
-    its checks raise comes out as itself, not wrapped in Hydra's exception."""
+    """A settings object (or the datamodule) from its config node (Hydra's ``instantiate``); the
+    :class:`InputError` its checks raise comes out as itself, not wrapped in Hydra's exception."""
     try:
         return instantiate(node)
     except InstantiationException as err:
@@ -131,6 +131,7 @@ def results_json(
             },
         },
         "provenance": {stage: p.as_dict() for stage, p in provenance.items()},
+        "data": dm.data_report(),
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "peak_memory_mb": peak_memory_mb(),
         "overrides": hydra_overrides(),
@@ -162,7 +163,8 @@ def run(cfg: DictConfig) -> dict | None:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
-    dm: SegmentationDataModule = instantiate(cfg.dataset)
+    dm: SegmentationDataModule = build_settings(cfg.dataset)  # its dataset.* settings checked, as the others'
+    dm.check_cache_dir = Path(cfg.cache.dir) / "data_checks"  # what the preflight read, per file (reruns stat only)
     dm.prepare_data()
     if cfg.stage == "score":  # exported maps against the ground truth: no classifier needed
         return score_stage(cfg, dm, evaluation, exporting, run_dir)
@@ -211,6 +213,7 @@ def score_stage(
     if "irn" not in manifest.get("formats", []):
         raise InputError(f"export.dir={directory}: it holds no irn files (formats {manifest.get('formats')}); export them first")
     split = settings.split or dm.eval_split
+    dm.preflight([split])
     t0 = time.perf_counter()
     scores = score_export(directory, dm.dataset(split), dm.class_names, evaluation.thresholds, evaluation.default_threshold)
     results = {
@@ -222,6 +225,7 @@ def score_stage(
         "methods": {manifest["method"]: scores},
         "primary_method": manifest["method"],
         "provenance": {"maps": Provenance("file", str(directory)).as_dict()},
+        "data": dm.data_report(),
         "timings_s": {"evaluation": round(time.perf_counter() - t0, 2)},
         "peak_memory_mb": peak_memory_mb(),
         "overrides": hydra_overrides(),

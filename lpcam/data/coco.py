@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image
 from torch.utils.data import Dataset
 
+from lpcam.data.checks import BadMask, Item
 from lpcam.data.datamodule import SegmentationDataModule
-from lpcam.data.voc import DatasetLayoutError, to_tensors
+from lpcam.data.voc import DatasetLayoutError, read_mask, read_rgb, to_tensors
 
 LAYOUT_HELP = (
     "expected the COCO 2014 layout: <split>/<file_name>.jpg and annotations/instances_<split>.json "
@@ -95,12 +95,40 @@ class CocoSegmentation(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def source(self) -> Path:
+        """The annotation file listing this split's images (named in the errors about them)."""
+        return self.root / "annotations" / f"instances_{self.split}.json"
+
+    def image_path(self, image_id: int) -> Path:
+        return self.root / self.split / self.coco.imgs[image_id]["file_name"]
+
+    def mask_path(self, image_id: int) -> Path | None:
+        return self.mask_dir / self.split / f"{image_id}.png" if self.mask_dir is not None else None
+
+    def preflight_items(self) -> list[Item]:
+        """Each image's files and classes (the preflight's input); masks made from the
+        annotations have no file to check."""
+        return [
+            Item(str(image_id), self.image_path(image_id), self.mask_path(image_id), tuple(sorted(classes)))
+            for image_id, classes in zip(self.ids, self.classes)
+        ]
+
+    def drop(self, ids: set[str]) -> None:
+        """Leave these images out (the preflight's unreadable ones, with ``dataset.bad_images=skip``)."""
+        kept = [(i, c) for i, c in zip(self.ids, self.classes) if str(i) not in ids]
+        self.ids, self.classes = [i for i, _ in kept], [c for _, c in kept]
+        self.__dict__.pop("images_of_class", None)
+
     def read_mask(self, image_id: int, height: int, width: int) -> np.ndarray:
-        if self.mask_dir is not None:
-            path = self.mask_dir / self.split / f"{image_id}.png"
+        path = self.mask_path(image_id)
+        if path is not None:
             if not path.is_file():
                 raise DatasetLayoutError(f"{path}: pre-converted mask not found; {LAYOUT_HELP}")
-            return np.asarray(Image.open(path))
+            mask = read_mask(path)
+            if mask.shape != (height, width):
+                raise BadMask(f"{path}: mask {mask.shape} and image {(height, width)} differ in size")
+            return mask
         mask = np.zeros((height, width), np.uint8)
         for ann in sorted(self._annotations(image_id), key=lambda a: -a.get("area", 0)):
             pixels = self.coco.annToMask(ann) > 0
@@ -109,11 +137,10 @@ class CocoSegmentation(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         image_id = self.ids[i]
-        info = self.coco.imgs[image_id]
-        path = self.root / self.split / info["file_name"]
+        path = self.image_path(image_id)
         if not path.is_file():
             raise DatasetLayoutError(f"{path}: image not found; {LAYOUT_HELP}")
-        image = np.asarray(Image.open(path).convert("RGB"))
+        image = read_rgb(path)
         mask = self.read_mask(image_id, *image.shape[:2])
         label = np.zeros(self.num_classes, np.float32)
         label[list(self.classes[i])] = 1
@@ -160,6 +187,10 @@ class CocoDataModule(SegmentationDataModule):
     def class_names(self) -> list[str]:
         return coco_class_names(self._index(self.train_split))
 
-    def dataset(self, split: str, augment: bool = False) -> CocoSegmentation:
+    @property
+    def classes_source(self) -> str:
+        return str(self.root / "annotations" / f"instances_{self.train_split}.json")
+
+    def _open(self, split: str, augment: bool = False) -> CocoSegmentation:
         transform = self.train_transform if augment else None
         return CocoSegmentation(self.root, split, transform, self.mask_dir, coco=self._index(split))

@@ -41,10 +41,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image
 
 from lpcam.data import folder_name
+from lpcam.data.checks import BadImage, inspect_image, inspect_mask
 from lpcam.data.datamodule import SegmentationDataModule
+from lpcam.data.settings import check_settings
 from lpcam.data.transforms import TrainTransform
 from lpcam.data.voc import LAYOUT_HELP, DatasetLayoutError, read_class_names, read_split
 from lpcam.errors import InputError
@@ -93,14 +94,19 @@ def sample_ids(ids: Sequence[str], n: int = SIZE_SAMPLE) -> list[str]:
 
 
 def image_sizes(root: Path, ids: Sequence[str]) -> list[tuple[int, int]]:
-    """(height, width) of each image, from its header."""
-    sizes = []
+    """(height, width) of each readable image, from its header. A missing or unreadable one is
+    passed over (the preflight reports it, or leaves it out, naming its split file) unless none is
+    readable."""
+    sizes, bad = [], None
     for image_id in ids:
-        path = root / "JPEGImages" / f"{image_id}.jpg"
-        if not path.is_file():
-            raise DatasetLayoutError(f"{path}: image not found; {LAYOUT_HELP}")
-        with Image.open(path) as image:
-            sizes.append((image.height, image.width))
+        try:
+            width, height, _ = inspect_image(root / "JPEGImages" / f"{image_id}.jpg")
+        except (BadImage, DatasetLayoutError) as err:
+            bad = bad or err
+            continue
+        sizes.append((height, width))
+    if not sizes and bad is not None:
+        raise bad
     return sizes
 
 
@@ -119,21 +125,19 @@ def choose_recipe(sizes: Sequence[tuple[int, int]]) -> dict[str, Any]:
     return recipe
 
 
-def largest_mask_label(root: Path, ids: Sequence[str]) -> int:
-    """The largest class id in the masks of ``ids``, 255 (ignore) excluded."""
-    largest = 0
+def largest_mask_label(root: Path, ids: Sequence[str]) -> tuple[int, Path | None]:
+    """The largest class id in the masks of ``ids``, 255 (ignore) excluded, and a mask holding it.
+    A missing mask is passed over: the preflight reports it, naming its split file."""
+    largest, where = 0, None
     for image_id in ids:
         path = root / "SegmentationClass" / f"{image_id}.png"
         if not path.is_file():
-            raise DatasetLayoutError(f"{path}: mask not found; {LAYOUT_HELP}")
-        mask = np.asarray(Image.open(path))
-        if mask.ndim != 2:
-            raise DatasetLayoutError(f"{path}: a colour mask; expected class ids (a palette or grey PNG); {LAYOUT_HELP}")
-        values = np.unique(mask)
-        values = values[values != 255]
-        if values.size:
-            largest = max(largest, int(values.max()))
-    return largest
+            continue
+        _, _, values = inspect_mask(path)
+        values = [v for v in values if v != 255]
+        if values and max(values) > largest:
+            largest, where = max(values), path
+    return largest, where
 
 
 def label_file_classes(path: Path) -> int:
@@ -176,15 +180,18 @@ class CustomDataModule(SegmentationDataModule):
         prototype_split: str | None = None,
         images_per_class: int | None = None,
         seed: int = 0,
+        bad_images: str = "error",
     ) -> None:
         if not root:
             raise InputError(f"dataset.root is not set: give the dataset's folder (dataset=custom dataset.root=PATH); {LAYOUT_HELP}")
-        path = Path(root).expanduser()
-        found = found_splits(path)
         given = {
             "train_split": train_split, "val_split": val_split, "eval_split": eval_split,
             "batch_size": batch_size, "eval_batch_size": eval_batch_size, "num_workers": num_workers,
         }  # fmt: skip
+        # the given values are refused before the folder is read; the automatic ones are checked once chosen
+        check_settings({k: v for k, v in {**given, "bad_images": bad_images}.items() if v != AUTO})
+        path = Path(root).expanduser()
+        found = found_splits(path)
         chosen: dict[str, Any] = {}  # the automatic choices, for the log line
         notes: list[str] = [f"splits {', '.join(found)}"]
 
@@ -214,8 +221,9 @@ class CustomDataModule(SegmentationDataModule):
                 setattr(train_transform, key, recipe[key])
                 chosen[f"train_transform.{key}"] = recipe[key]
 
+        classes_from = None  # where automatic class names came from, for the errors about a class
         if class_names is None or class_names == AUTO:  # None too: VOC's 20 names are never meant here
-            class_names, source = auto_class_names(path, used_ids)
+            class_names, source, classes_from = auto_class_names(path, used_ids)
             notes.append(source)
             chosen["class_names"] = _names_text(class_names)
 
@@ -227,9 +235,11 @@ class CustomDataModule(SegmentationDataModule):
             prototype_split=prototype_split,
             images_per_class=images_per_class,
             seed=seed,
+            bad_images=bad_images,
             **given,
         )
         self.auto_choices = chosen
+        self._classes_from = classes_from
         settings = {
             **given, "class_names": _names_text(self.class_names),
             "train_transform.resize_long": getattr(train_transform, "resize_long", None),
@@ -243,20 +253,28 @@ class CustomDataModule(SegmentationDataModule):
             f"; given: {', '.join(f'{k}={v}' for k, v in explicit.items())}" if explicit else "",
         )  # fmt: skip
 
+    @property
+    def classes_source(self) -> str:
+        return self._classes_from or super().classes_source
 
-def auto_class_names(root: Path, ids: Sequence[str]) -> tuple[list[str], str]:
+
+def auto_class_names(root: Path, ids: Sequence[str]) -> tuple[list[str], str, str]:
     """classes.txt, else ``classK`` names for the label file's length or the largest label in the
-    masks of ``ids``; and where they came from."""
+    masks of ``ids``; where they came from, for the log line and for the errors about a class."""
     if (root / "classes.txt").is_file():
         names = read_class_names(root)
-        return names, f"{len(names)} classes in classes.txt"
+        return names, f"{len(names)} classes in classes.txt", str(root / "classes.txt")
     if (root / "cls_labels.npy").is_file():
         n = label_file_classes(root / "cls_labels.npy")
-        return generic_names(n), f"no classes.txt: {n} classes from cls_labels.npy"
-    n = largest_mask_label(root, ids)
+        return generic_names(n), f"no classes.txt: {n} classes from cls_labels.npy", f"{root / 'cls_labels.npy'} (its labels' length)"
+    n, where = largest_mask_label(root, ids)
     if n == 0:
         raise DatasetLayoutError(f"{root / 'SegmentationClass'}: the masks hold no class (only 0 and 255); {LAYOUT_HELP}")
-    return generic_names(n), f"no classes.txt: {n} classes from the masks' largest label"
+    return (
+        generic_names(n),
+        f"no classes.txt: {n} classes from the masks' largest label (in {where})",
+        f"the class count, which is the largest mask value, {n}, in {where}: a stray value? (or give classes.txt)",
+    )
 
 
 def _names_text(names: Sequence[str]) -> str:

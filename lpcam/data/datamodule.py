@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -9,9 +11,13 @@ import pytorch_lightning as pl
 import numpy as np
 from torch.utils.data import DataLoader, Subset
 
+from lpcam.data.checks import CheckCache, SplitCheck, check_classes, check_split, mode_counts, mode_summary
 from lpcam.data.generated import DatasetGenerator
+from lpcam.data.settings import DataSettings
 from lpcam.data.transforms import TrainTransform
 from lpcam.data.voc import VOCSegmentation, read_class_names
+
+log = logging.getLogger(__name__)
 
 
 class SegmentationDataModule(pl.LightningDataModule):
@@ -29,7 +35,15 @@ class SegmentationDataModule(pl.LightningDataModule):
     ``generator`` (optional) writes the dataset in ``prepare_data`` when it is not there yet,
     which is how the embedded benchmark appears on a fresh clone; its data then lives in
     ``root/<fingerprint of the generator's parameters>``.
+
+    The settings are checked when the datamodule is built (:class:`DataSettings`), the files in
+    ``prepare_data`` (:meth:`preflight`, :mod:`lpcam.data.checks`): both before any training.
+    ``bad_images="skip"`` leaves unreadable images out (:attr:`skipped`) instead of stopping.
+    ``check_cache_dir`` (set by the pipeline: ``cache.dir/data_checks``) keeps what the
+    preflight read from each file, so reruns only stat them.
     """
+
+    check_cache_dir: Path | None = None
 
     def __init__(
         self,
@@ -47,8 +61,15 @@ class SegmentationDataModule(pl.LightningDataModule):
         prototype_split: str | None = None,
         images_per_class: int | None = None,
         seed: int = 0,
+        bad_images: str = "error",
     ) -> None:
         super().__init__()
+        self.settings = DataSettings.of(
+            root, class_names, name=name, train_split=train_split, val_split=val_split, eval_split=eval_split,
+            batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers, bad_images=bad_images,
+            prototype_split=prototype_split, images_per_class=images_per_class,
+        )  # fmt: skip
+        self.bad_images = bad_images
         self.root = Path(root).expanduser()
         if generator is not None:
             self.root = self.root / generator.fingerprint()
@@ -60,6 +81,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.train_transform = train_transform
         self.prototype_split = prototype_split or train_split
         self.images_per_class, self.seed = images_per_class, seed
+        self.checks: dict[str, SplitCheck] = {}  # the preflight's findings per split
+        self.skipped: dict[str, list[str]] = {}  # split -> ids left out (bad_images=skip)
 
     @property
     def class_names(self) -> list[str]:
@@ -69,16 +92,71 @@ class SegmentationDataModule(pl.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def classes_source(self) -> str:
+        """Where the class list comes from, for the errors about it."""
+        if self._class_names:
+            return "dataset.class_names"
+        return str(self.root / "classes.txt") if (self.root / "classes.txt").is_file() else "VOC's class list"
+
     def prepare_data(self) -> None:
-        """Generate the dataset if it has a generator; then check every split is readable, so a
-        wrong root fails at once with the expected layout, before any training."""
+        """Generate the dataset if it has a generator; then check every split's files, so a wrong
+        root or a bad file fails at once, in one line naming it, before any training."""
         if self.generator is not None:
             self.generator.write(self.root)
-        for split in (self.train_split, self.val_split, self.eval_split, self.prototype_split):
-            if split:
-                self.dataset(split)
+        self.preflight()
+
+    def preflight(self, splits: Sequence[str] | None = None) -> dict[str, SplitCheck]:
+        """Check the images and masks of ``splits`` (default: the training, validation and
+        evaluation splits, and then that every class has a training image), once per split."""
+        default = splits is None
+        todo = [s for s in dict.fromkeys(splits or (self.train_split, self.val_split, self.eval_split, self.prototype_split)) if s and s not in self.checks]
+        start = time.perf_counter()
+        names = self.class_names
+        cache = CheckCache.for_root(self.check_cache_dir, self.root)
+        try:
+            for split in todo:
+                dataset = self._open(split)
+                self.checks[split] = found = check_split(
+                    split, dataset.source, dataset.preflight_items(), len(names), self.bad_images, cache
+                )
+                for image_id, reason in found.skipped:
+                    log.warning("left out (dataset.bad_images=skip): %s", reason)
+                if found.skipped:
+                    self.skipped[split] = [image_id for image_id, _ in found.skipped]
+        finally:
+            cache.save()  # what was read stays read, also when a file failed
+        if default:
+            check_classes(self.checks[self.train_split], names, self.classes_source)
+        if not todo:
+            return self.checks
+        modes = mode_counts(self.checks[split] for split in todo)
+        log.info(
+            "dataset %s: %d images of %s checked in %.2f s%s%s", self.name,
+            sum(self.checks[s].images for s in todo), ", ".join(todo), time.perf_counter() - start,
+            f"; {sum(len(v) for v in self.skipped.values())} left out as unreadable" if self.skipped else "",
+            f"; read as RGB: {mode_summary(modes)}" if modes else "",
+        )  # fmt: skip
+        return self.checks
+
+    def data_report(self) -> dict:
+        """What the preflight did to the data, for results.json: the images left out per split,
+        and how many images of each non-RGB mode were read as RGB."""
+        return {
+            "bad_images": self.bad_images,
+            "skipped_images": {split: list(ids) for split, ids in self.skipped.items()},
+            "skipped_count": len(set().union(*self.skipped.values())),  # images, each counted once
+            "converted_to_rgb": mode_counts(self.checks.values()),
+        }
 
     def dataset(self, split: str, augment: bool = False) -> VOCSegmentation:
+        """The split's dataset, less the images the preflight left out."""
+        dataset = self._open(split, augment)
+        if self.skipped.get(split):
+            dataset.drop(set(self.skipped[split]))
+        return dataset
+
+    def _open(self, split: str, augment: bool = False) -> VOCSegmentation:
         return VOCSegmentation(
             self.root, split, self._class_names, transform=self.train_transform if augment else None
         )
@@ -126,7 +204,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         return DataLoader(dataset, batch_size=self.eval_batch_size, num_workers=self.num_workers)
 
     def split_dataloader(self, split: str) -> DataLoader:
-        """Any split, unaugmented and in order (the export stage's images)."""
+        """Any split, unaugmented and in order (the export stage's images); checked first."""
+        self.preflight([split])
         return self._loader(split, self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:

@@ -22,7 +22,7 @@ from functools import cached_property
 import numpy as np
 from PIL import Image
 
-from lpcam.data.generated import DatasetGenerator
+from lpcam.data.generated import DatasetGenerator, GeneratorSettingError
 from lpcam.data.synthetic import draw_clutter, noise_background
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -45,9 +45,9 @@ class HandwrittenDigits(DatasetGenerator):
         super().__post_init__()
         self.digit_size, self.clutter = tuple(self.digit_size), tuple(self.clutter)  # Hydra passes lists
         if not 1 <= self.max_objects <= 10:
-            raise ValueError(f"digits: max_objects must be in 1..10, got {self.max_objects}")
+            raise GeneratorSettingError(f"digits: max_objects must be in 1..10, got {self.max_objects}")
         if self.digit_size[1] > self.image_size:
-            raise ValueError(f"digits: digit_size {self.digit_size} does not fit image_size {self.image_size}")
+            raise GeneratorSettingError(f"digits: digit_size {self.digit_size} does not fit image_size {self.image_size}")
 
     @property
     def class_names(self) -> list[str]:

@@ -21,6 +21,11 @@ from tqdm import tqdm
 
 from lpcam.data.palette import save_palette_png
 from lpcam.data.voc import labels_from_mask
+from lpcam.errors import InputError
+
+
+class GeneratorSettingError(InputError, ValueError):
+    """An impossible ``dataset.generator.*`` value, refused before anything is generated."""
 
 
 @dataclass
@@ -38,8 +43,12 @@ class DatasetGenerator:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        whole = lambda v, least: isinstance(v, int) and not isinstance(v, bool) and v >= least  # noqa: E731
+        for key, least in (("image_size", 32), ("num_train", 1), ("num_eval", 1), ("num_val", 0)):
+            if not whole(getattr(self, key), least):
+                raise GeneratorSettingError(f"dataset.generator.{key}={getattr(self, key)!r}: expected a whole number ≥ {least}")
         if self.num_eval > self.num_train:
-            raise ValueError(f"{self.name}: num_eval must not exceed num_train (the eval split is a subset)")
+            raise GeneratorSettingError(f"{self.name}: num_eval must not exceed num_train (the eval split is a subset)")
 
     @property
     def class_names(self) -> list[str]:  # pragma: no cover - every generator defines it

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from lpcam.data.generated import DatasetGenerator
+from lpcam.data.generated import DatasetGenerator, GeneratorSettingError
 
 GENERATOR_VERSION = 1
 
@@ -84,9 +84,9 @@ class SyntheticParts(DatasetGenerator):
         super().__post_init__()
         self.clutter = tuple(self.clutter)  # Hydra passes ListConfig
         if not 1 <= self.num_classes <= len(CLASS_NAMES):
-            raise ValueError(f"synthetic_parts: num_classes must be in 1..{len(CLASS_NAMES)}, got {self.num_classes}")
+            raise GeneratorSettingError(f"synthetic_parts: num_classes must be in 1..{len(CLASS_NAMES)}, got {self.num_classes}")
         if self.group_size < 1 or self.num_classes % self.group_size:
-            raise ValueError(
+            raise GeneratorSettingError(
                 f"synthetic_parts: group_size={self.group_size} must divide num_classes={self.num_classes}"
             )
 

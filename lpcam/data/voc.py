@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from lpcam.data.checks import BadClasses, BadImage, BadMask, BadSplit, Item, duplicate_names, one_line
 from lpcam.errors import InputError
 
 VOC_CLASSES = (
@@ -44,16 +45,32 @@ class DatasetLayoutError(InputError, FileNotFoundError):
 
 
 def read_class_names(root: str | Path, class_names: Sequence[str] | None = None) -> list[str]:
-    """Foreground class names: given explicitly, else ``classes.txt`` in the root, else VOC's 20."""
+    """Foreground class names: given explicitly, else ``classes.txt`` in the root, else VOC's 20.
+
+    A name listed twice in classes.txt is refused: two classes would collapse into one entry of
+    the per-class results."""
     if class_names:
         return list(class_names)
     path = Path(root) / "classes.txt"
     if path.is_file():
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        names = [line.strip() for line in read_text(path, "class names", BadClasses).splitlines() if line.strip()]
         if names and names[0] == "background":
             names = names[1:]
+        if not names:
+            raise BadClasses(f"{path}: lists no class name; one foreground class per line (or delete it to use VOC's)")
+        twice = duplicate_names(names)
+        if twice is not None:
+            raise BadClasses(f"{path}: class name {twice!r} appears twice; each class needs its own name (line = mask value)")
         return names
     return list(VOC_CLASSES)
+
+
+def read_text(path: Path, what: str, error: type[InputError] = BadSplit) -> str:
+    """A text file of the dataset (a split or classes.txt); a binary one is refused naming it."""
+    try:
+        return path.read_text()
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a text file; expected {what}, one per line") from None
 
 
 def labels_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
@@ -66,11 +83,15 @@ def labels_from_mask(mask: np.ndarray, num_classes: int) -> np.ndarray:
     return onehot
 
 
+def split_path(root: str | Path, split: str) -> Path:
+    return Path(root) / "ImageSets" / "Segmentation" / f"{split}.txt"
+
+
 def read_split(root: str | Path, split: str) -> list[str]:
-    path = Path(root) / "ImageSets" / "Segmentation" / f"{split}.txt"
+    path = split_path(root, split)
     if not path.is_file():
         raise DatasetLayoutError(f"{path}: split file not found; {LAYOUT_HELP}")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    ids = [line.split()[0] for line in read_text(path, "image ids").splitlines() if line.strip()]
     if not ids:
         raise DatasetLayoutError(f"{path}: the split lists no image ids")
     return ids
@@ -122,14 +143,35 @@ class VOCSegmentation(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def source(self) -> Path:
+        """The split file listing this dataset's images (named in the errors about them)."""
+        return split_path(self.root, self.split)
+
+    def preflight_items(self) -> list[Item]:
+        """Each image's files, and its classes where the label file gives them (the preflight's input)."""
+        items = []
+        for i, image_id in enumerate(self.ids):
+            given = self._labels.get(image_id) if self._labels is not None else None
+            label = tuple(int(c) for c in np.flatnonzero(given)) if given is not None else None
+            items.append(Item(image_id, self.image_path(i), self.mask_path(i), label))
+        return items
+
+    def drop(self, ids: set[str]) -> None:
+        """Leave these images out (the preflight's unreadable ones, with ``dataset.bad_images=skip``)."""
+        self.ids = [i for i in self.ids if i not in ids]
+
     def image_path(self, i: int) -> Path:
         return self.root / "JPEGImages" / f"{self.ids[i]}.jpg"
 
+    def mask_path(self, i: int) -> Path:
+        return self.root / "SegmentationClass" / f"{self.ids[i]}.png"
+
     def read_mask(self, i: int) -> np.ndarray:
-        path = self.root / "SegmentationClass" / f"{self.ids[i]}.png"
+        path = self.mask_path(i)
         if not path.is_file():
             raise DatasetLayoutError(f"{path}: mask not found; {LAYOUT_HELP}")
-        return np.asarray(Image.open(path))  # palette PNGs decode to their indices
+        return read_mask(path)  # palette PNGs decode to their indices
 
     def label(self, i: int, mask: np.ndarray) -> np.ndarray:
         if self._labels is not None and self.ids[i] in self._labels:
@@ -153,13 +195,16 @@ class VOCSegmentation(Dataset):
         path = self.image_path(i)
         if not path.is_file():
             raise DatasetLayoutError(f"{path}: image not found; {LAYOUT_HELP}")
-        image = np.asarray(Image.open(path).convert("RGB"))
+        image = read_rgb(path)
         mask = self.read_mask(i)
         if mask.shape != image.shape[:2]:
-            raise ValueError(f"{self.ids[i]}: mask {mask.shape} and image {image.shape[:2]} differ in size")
+            raise BadMask(f"{self.mask_path(i)}: mask {mask.shape} and image {image.shape[:2]} differ in size")
         parts = np.zeros_like(mask)
         if self.has_parts:
-            parts = np.asarray(Image.open(self.root / "SegmentationPart" / f"{self.ids[i]}.png"))
+            part_path = self.root / "SegmentationPart" / f"{self.ids[i]}.png"
+            if not part_path.is_file():
+                raise DatasetLayoutError(f"{part_path}: part map not found (SegmentationPart/ holds one per image)")
+            parts = read_mask(part_path)
         item = {
             "image": image,
             "mask": mask,
@@ -170,6 +215,26 @@ class VOCSegmentation(Dataset):
         if self.transform is not None:
             item = self.transform(item)
         return to_tensors(item)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An image as RGB uint8 (H, W, 3): PIL's convert("RGB") (grey replicated, alpha dropped; see
+    lpcam.data.checks.RGB_RULES). Whatever fails to decode is a :class:`BadImage` naming the file,
+    also inside a DataLoader worker, where the preflight could not foresee it (a corrupt middle)."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except Exception as err:  # noqa: BLE001 - whatever PIL raises, the file is the fault
+        raise BadImage(f"{path}: unreadable image ({one_line(err)})") from err
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A class-id map (mask or part map) as decoded; a :class:`BadMask` naming the file if it does not decode."""
+    try:
+        with Image.open(path) as mask:
+            return np.asarray(mask)
+    except Exception as err:  # noqa: BLE001
+        raise BadMask(f"{path}: unreadable mask ({one_line(err)})") from err
 
 
 def to_tensors(item: dict) -> dict:
