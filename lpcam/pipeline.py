@@ -15,7 +15,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lpcam.cache import FeatureCache
+from lpcam.cache import FeatureCache, weights_digest
 from lpcam.cams.aggregation import AggregationRule, rule_name
 from lpcam.data.datamodule import SegmentationDataModule
 from lpcam.errors import InputError, input_error_in
@@ -23,7 +23,7 @@ from lpcam.loggers import log_artifact, stage_loggers
 from lpcam.models.backbones import Backbone
 from lpcam.models.classifier import Classifier
 from lpcam.prototypes.settings import PrototypeSettings
-from lpcam.prototypes.store import Prototypes
+from lpcam.prototypes.store import IncompatiblePrototypes, Prototypes
 from lpcam.results import SCHEMA, log_results, peak_memory_mb, write_json
 from lpcam.stages import classifier as classifier_stage
 from lpcam.stages.evaluation import CamEvaluator, EvaluationSettings, build_methods, lpcam_method, planned_methods
@@ -71,6 +71,17 @@ def given_prototypes(cfg: DictConfig, backbone: Backbone, dm: SegmentationDataMo
     protos = Prototypes.load(path)
     protos.check_compatible(backbone.name, backbone.layer, backbone.out_channels, dm.class_names, str(path))
     return protos, Provenance("file", str(path))
+
+
+def check_built_by(protos: Prototypes, trained: classifier_stage.ClassifierStage, path: str) -> None:
+    """Refuse ``lpcam.prototypes_path`` built by other weights than the run's classifier (known
+    only now, after training or loading); a classifier trained for nothing is named, to be reused."""
+    try:
+        protos.check_built_by(weights_digest(trained.classifier), f"lpcam.prototypes_path={path}")
+    except IncompatiblePrototypes as err:
+        if trained.provenance.source != "trained":
+            raise
+        raise IncompatiblePrototypes(f"{err} (this run's classifier is kept: ckpt_path={trained.provenance.path})") from None
 
 
 def run_prototypes(
@@ -196,6 +207,8 @@ def run(cfg: DictConfig) -> dict | None:
     given = given_prototypes(cfg, backbone, dm)
     features = FeatureCache.for_run(cfg)
     trained = classifier_stage.obtain(cfg, dm, backbone, run_dir, None if given else settings, features)
+    if given is not None:  # only now is the classifier known: prototypes of other weights are refused
+        check_built_by(given[0], trained, cfg.lpcam.prototypes_path)
     protos, protos_provenance = run_prototypes(trained, given, settings, dm, features, run_dir / "prototypes.pt")
     if not (run_dir / "prototypes.pt").is_file():
         protos.save(run_dir / "prototypes.pt")

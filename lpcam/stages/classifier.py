@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -22,6 +21,7 @@ from lpcam.models.backbones import Backbone
 from lpcam.models.classifier import Classifier
 from lpcam.prototypes.settings import PrototypeSettings
 from lpcam.prototypes.store import Prototypes
+from lpcam.safe_load import torch_load
 from lpcam.stages.prototypes import PrototypeCallback
 from lpcam.stages.provenance import Provenance
 
@@ -77,7 +77,9 @@ def train(
             cfg.trainer, callbacks=[checkpoint, timer, *([builder] if builder else [])], logger=loggers or False
         )
         trainer.fit(classifier, datamodule=dm)
-    path = str(run_dir / "checkpoints" / "best.ckpt")
+    path = checkpoint.best_model_path or str(run_dir / "checkpoints" / "best.ckpt")
+    # the best epoch's weights, not the last's (the PrototypeCallback, when there is one, reloaded them already)
+    classifier.load_state_dict(torch_load(path, "checkpoint")["state_dict"])
     return ClassifierStage(
         classifier,
         Provenance("trained", path, {"train": timer.seconds}),
@@ -90,13 +92,18 @@ def load(path: Path, field: str, dm: SegmentationDataModule, backbone: Backbone,
     """A trained classifier from a checkpoint, with the prototypes it carries, if any."""
     if not path.is_file():
         raise MissingInput(f"{field}={path}: no such checkpoint")
-    classifier = Classifier.load_from_checkpoint(path, map_location="cpu", backbone=backbone)
-    if classifier.hparams.num_classes != dm.num_classes:
-        raise InputError(
-            f"{field}={path}: the classifier has {classifier.hparams.num_classes} classes, "
-            f"dataset {dm.name} has {dm.num_classes}"
-        )
-    protos = Prototypes.from_checkpoint(torch.load(path, map_location="cpu", weights_only=False), str(path))
+    checkpoint = torch_load(path, field)  # tensors and plain containers only: a checkpoint runs no code
+    if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= set(checkpoint):
+        raise InputError(f"{field}={path}: not a checkpoint of an lpcam classifier (no state_dict and hyper_parameters)")
+    classes = checkpoint["hyper_parameters"].get("num_classes")
+    if classes != dm.num_classes:
+        raise InputError(f"{field}={path}: the classifier has {classes} classes, dataset {dm.name} has {dm.num_classes}")
+    try:
+        classifier = Classifier.load_from_checkpoint(path, map_location="cpu", backbone=backbone, weights_only=True)
+    except RuntimeError as err:  # the weights of another architecture
+        detail = " ".join(line.strip() for line in str(err).splitlines()[:2])[:300]
+        raise InputError(f"{field}={path}: its weights do not fit backbone {backbone.name}: {detail}") from None
+    protos = Prototypes.from_checkpoint(checkpoint, str(path))
     return ClassifierStage(
         classifier,
         Provenance(source, str(path)),
