@@ -205,7 +205,7 @@ def run(cfg: DictConfig) -> dict | None:
 
     backbone: Backbone = instantiate(cfg.backbone)
     given = given_prototypes(cfg, backbone, dm)
-    features = FeatureCache.for_run(cfg)
+    features = FeatureCache.for_run(cfg, lambda: dm.content.key)
     trained = classifier_stage.obtain(cfg, dm, backbone, run_dir, None if given else settings, features)
     if given is not None:  # only now is the classifier known: prototypes of other weights are refused
         check_built_by(given[0], trained, cfg.lpcam.prototypes_path)

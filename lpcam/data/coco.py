@@ -26,6 +26,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lpcam.data.datamodule import SegmentationDataModule
+from lpcam.data.fingerprint import FileGroup
 from lpcam.data.voc import DatasetLayoutError, to_tensors
 
 LAYOUT_HELP = (
@@ -161,6 +162,23 @@ class CocoDataModule(SegmentationDataModule):
     def dataset(self, split: str, augment: bool = False) -> CocoSegmentation:
         transform = self.train_transform if augment else None
         return CocoSegmentation(self.root, split, transform, self.mask_dir, coco=self._index(split))
+
+    def content_files(self) -> dict[str, FileGroup]:
+        """The annotation files, images and (with ``mask_dir``) masks of the training and validation
+        splits (:meth:`SegmentationDataModule.content_files`); all by size and mtime, the
+        annotation files being hundreds of MB."""
+        splits = [s for s in (self.train_split, self.val_split) if s]
+        groups = {
+            "annotations": FileGroup([self.root / "annotations" / f"instances_{s}.json" for s in splits], False),
+            "images": FileGroup(
+                [self.root / s / info["file_name"] for s in splits for _, info in sorted(self._index(s).imgs.items())], False
+            ),
+        }
+        if self.mask_dir:
+            groups["masks"] = FileGroup(
+                [Path(self.mask_dir) / s / f"{i}.png" for s in splits for i in sorted(self._index(s).imgs)], False
+            )
+        return groups
 
     def prototype_indices(self, dataset: CocoSegmentation) -> Sequence[int]:
         if not self.images_per_class:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
 import pytorch_lightning as pl
 from torch.utils.data import DataLoader
 
+from lpcam.data.fingerprint import DataContent, FileGroup, content_of
 from lpcam.data.generated import DatasetGenerator
 from lpcam.data.transforms import TrainTransform
-from lpcam.data.voc import VOCSegmentation, read_class_names
+from lpcam.data.voc import VOCSegmentation, read_class_names, read_split
 
 
 class SegmentationDataModule(pl.LightningDataModule):
@@ -67,6 +69,29 @@ class SegmentationDataModule(pl.LightningDataModule):
         for split in (self.train_split, self.val_split, self.eval_split):
             if split:
                 self.dataset(split)
+
+    def content_files(self) -> dict[str, FileGroup]:
+        """The files a classifier trained here and its prototype features depend on: those of the
+        training and validation splits (the evaluation split changes neither)."""
+        splits = [s for s in (self.train_split, self.val_split) if s]
+        ids = sorted(set().union(*(read_split(self.root, s) for s in splits)))
+        folders = {"images": ("JPEGImages", ".jpg"), "masks": ("SegmentationClass", ".png"), "parts": ("SegmentationPart", ".png")}
+        return {
+            "split files": FileGroup([self.root / "ImageSets" / "Segmentation" / f"{s}.txt" for s in splits], True),
+            "classes.txt": FileGroup([self.root / "classes.txt"], True),
+            "cls_labels.npy": FileGroup([self.root / "cls_labels.npy"], True),
+            **{
+                kind: FileGroup([self.root / folder / f"{i}{ext}" for i in ids], False)
+                for kind, (folder, ext) in folders.items()
+                if kind != "parts" or (self.root / folder).is_dir()
+            },
+        }
+
+    @cached_property
+    def content(self) -> DataContent:
+        """The digest of :meth:`content_files` (read once, after ``prepare_data``), which the
+        classifier and feature caches' keys include (:mod:`lpcam.data.fingerprint`)."""
+        return content_of(self.content_files())
 
     def dataset(self, split: str, augment: bool = False) -> VOCSegmentation:
         return VOCSegmentation(

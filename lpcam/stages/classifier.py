@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from lpcam.cache import FeatureCache, classifier_key, locked, publish_file, training_config
+from lpcam.cache import FeatureCache, classifier_key, entries_on_other_data, locked, publish_file, training_config
 from lpcam.data.datamodule import SegmentationDataModule
 from lpcam.errors import InputError, MissingInput
 from lpcam.loggers import stage_loggers
@@ -21,6 +21,7 @@ from lpcam.models.backbones import Backbone
 from lpcam.models.classifier import Classifier
 from lpcam.prototypes.settings import PrototypeSettings
 from lpcam.prototypes.store import Prototypes
+from lpcam.results import write_json
 from lpcam.safe_load import torch_load
 from lpcam.stages.prototypes import PrototypeCallback
 from lpcam.stages.provenance import Provenance
@@ -132,19 +133,25 @@ def obtain(
         if cfg.stage in NEEDS_TRAINED:
             raise InputError(f"stage={cfg.stage} needs a trained classifier: give ckpt_path=, or set cache.classifier=true")
         return train(cfg, dm, backbone, run_dir, prototypes, features)
-    entry = Path(cfg.cache.dir) / "classifiers" / classifier_key(cfg)
+    entry = Path(cfg.cache.dir) / "classifiers" / classifier_key(cfg, dm.content.key)
     cached = entry / "best.ckpt"
     with locked(entry, "classifier"):
         if cached.is_file():
-            log.info("classifier: reusing %s, trained with the same config (cache.classifier=false retrains)", cached)
+            log.info("classifier: reusing %s, trained with the same config and data (cache.classifier=false retrains)", cached)
             return load(cached, "cache", dm, backbone, "cache")
+        for other, recorded in entries_on_other_data(entry):
+            log.info(
+                "classifier: not reusing %s: trained with this config, but the dataset's %s changed since",
+                other, ", ".join(dm.content.changed_since(recorded)),
+            )  # fmt: skip
         if cfg.stage in NEEDS_TRAINED:
             raise MissingInput(
-                f"stage={cfg.stage}: no classifier trained with this config in {entry}; "
+                f"stage={cfg.stage}: no classifier trained with this config and data in {entry}; "
                 f"run stage=train (or stage=all) first, or give ckpt_path="
             )
         trained = train(cfg, dm, backbone, run_dir, prototypes, features)
         publish_file(Path(trained.provenance.path), cached)
         (entry / "training_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(training_config(cfg))))
+        write_json(dm.content.parts, entry / "data.json")
         log.info("classifier: cached as %s", cached)
     return trained
