@@ -1,11 +1,14 @@
 """Caches shared by the jobs of a sweep, so that only what a job changes is recomputed.
 
-- ``classifiers/<key>/best.ckpt``: a classifier trained with one training configuration, ``key``
-  a hash of every config entry that changes the trained weights (backbone, model, dataset,
-  trainer, seed) and of nothing else. A sweep over ``lpcam.*`` or ``evaluation.*`` trains once.
+- ``classifiers/<config>-<data>/best.ckpt``: a classifier trained with one training configuration
+  on one dataset content, ``config`` a hash of every config entry that changes the trained weights
+  (backbone, model, dataset, trainer, seed) and of nothing else, ``data`` the digest of the
+  dataset's files (:mod:`lpcam.data.fingerprint`; recorded per kind of file in ``data.json``, so
+  a retraining after an in-place edit says what changed). A sweep over ``lpcam.*`` or
+  ``evaluation.*`` trains once.
 - ``features/<key>.pt``: the sampled feature pool of one classifier's training split (the input of
-  the k-means), ``key`` a hash of the weights and the sampling settings (τ, cap, seed). A sweep
-  over K, μ or the aggregation rule extracts the features once.
+  the k-means), ``key`` a hash of the weights, the dataset's config and content, and the sampling
+  settings (τ, cap, seed). A sweep over K, μ or the aggregation rule extracts the features once.
 
 Parallel jobs (joblib, SLURM) reach for an entry at once: each entry is produced under a file lock,
 so one job computes it while the others wait and then read it, and it is published by an atomic
@@ -22,7 +25,7 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from filelock import FileLock, Timeout
@@ -63,8 +66,24 @@ def training_config(cfg: DictConfig) -> dict:
     return parts
 
 
-def classifier_key(cfg: DictConfig) -> str:
-    return digest(training_config(cfg))
+def classifier_key(cfg: DictConfig, data: str) -> str:
+    """The classifier cache entry's name: the training config's digest, then the data's (``data``,
+    :attr:`lpcam.data.fingerprint.DataContent.key`)."""
+    return f"{digest(training_config(cfg))}-{data}"
+
+
+def entries_on_other_data(entry: Path) -> list[tuple[Path, dict]]:
+    """The cached classifiers of ``entry``'s training config on other data content, with the
+    per-kind digests of that data (their ``data.json``), to say what changed since."""
+    config = entry.name.split("-")[0]
+    found = []
+    for other in sorted(entry.parent.glob(f"{config}-*")):
+        if other != entry and (other / "best.ckpt").is_file() and (other / "data.json").is_file():
+            try:
+                found.append((other, json.loads((other / "data.json").read_text())))
+            except (OSError, ValueError):
+                continue
+    return found
 
 
 def tensors_digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
@@ -119,18 +138,19 @@ class FeatureCache:
     """Where the prototype feature pools of one dataset are shared by a sweep's jobs."""
 
     dir: Path
-    dataset_key: str  # a digest of the dataset's config: pools of other datasets never match
+    dataset_key: str  # a digest of the dataset's config and content: pools of other data never match
 
     @classmethod
-    def for_run(cls, cfg: DictConfig) -> "FeatureCache | None":
-        """The run's feature cache, None when ``cache.features`` is off."""
+    def for_run(cls, cfg: DictConfig, data: Callable[[], str]) -> "FeatureCache | None":
+        """The run's feature cache, None when ``cache.features`` is off; ``data`` gives the digest
+        of the dataset's content (called only when the cache is on)."""
         if not cfg.cache.features:
             return None
         dataset = training_config(cfg)["dataset"]
         for key in ("prototype_split", "images_per_class"):  # which images the pool is sampled from
             if cfg.dataset.get(key) is not None:
                 dataset[key] = cfg.dataset[key]
-        return cls(Path(cfg.cache.dir), digest(dataset))
+        return cls(Path(cfg.cache.dir), digest([dataset, data()]))
 
     def path(self, weights: str, sampling: dict) -> Path:
         """The entry of a classifier (``weights``, see :func:`weights_digest`) under ``sampling``

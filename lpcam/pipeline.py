@@ -15,7 +15,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from lpcam.cache import FeatureCache
+from lpcam.cache import FeatureCache, weights_digest
 from lpcam.cams.aggregation import AggregationRule, rule_name
 from lpcam.data.datamodule import SegmentationDataModule
 from lpcam.errors import InputError, input_error_in
@@ -23,11 +23,13 @@ from lpcam.loggers import log_artifact, stage_loggers
 from lpcam.models.backbones import Backbone
 from lpcam.models.classifier import Classifier
 from lpcam.prototypes.settings import PrototypeSettings
-from lpcam.prototypes.store import Prototypes
+from lpcam.prototypes.store import IncompatiblePrototypes, Prototypes
 from lpcam.results import SCHEMA, log_results, peak_memory_mb, write_json
 from lpcam.stages import classifier as classifier_stage
-from lpcam.stages.evaluation import CamEvaluator, EvaluationSettings, build_methods, lpcam_method
-from lpcam.stages.export import CamExporter, ExportSettings, claim, export_identity, read_manifest, score_export
+from lpcam.stages.evaluation import CamEvaluator, EvaluationSettings, build_methods, lpcam_method, planned_methods
+from lpcam.stages.export import (
+    CamExporter, ExportSettings, check_claim, claim, export_identity, read_manifest, score_export, settings_identity,
+)  # fmt: skip
 from lpcam.stages.prototypes import build_prototypes
 from lpcam.stages.provenance import Provenance
 from lpcam.viz import cam_figure
@@ -69,6 +71,17 @@ def given_prototypes(cfg: DictConfig, backbone: Backbone, dm: SegmentationDataMo
     protos = Prototypes.load(path)
     protos.check_compatible(backbone.name, backbone.layer, backbone.out_channels, dm.class_names, str(path))
     return protos, Provenance("file", str(path))
+
+
+def check_built_by(protos: Prototypes, trained: classifier_stage.ClassifierStage, path: str) -> None:
+    """Refuse ``lpcam.prototypes_path`` built by other weights than the run's classifier (known
+    only now, after training or loading); a classifier trained for nothing is named, to be reused."""
+    try:
+        protos.check_built_by(weights_digest(trained.classifier), f"lpcam.prototypes_path={path}")
+    except IncompatiblePrototypes as err:
+        if trained.provenance.source != "trained":
+            raise
+        raise IncompatiblePrototypes(f"{err} (this run's classifier is kept: ckpt_path={trained.provenance.path})") from None
 
 
 def run_prototypes(
@@ -138,6 +151,29 @@ def results_json(
     }
 
 
+def check_export_method(settings: ExportSettings, aggregation: AggregationRule, evaluation: EvaluationSettings) -> None:
+    """``export.method`` among the run's methods, checked before any work (when the names are
+    known without the classifier: see :func:`planned_methods`; :func:`export` checks again)."""
+    names = planned_methods(aggregation, evaluation)
+    if settings.method and names is not None and settings.method not in names:
+        raise InputError(f"export.method={settings.method!r}: expected one of this run's methods {names}")
+
+
+def check_export_target(
+    settings: ExportSettings, dm: SegmentationDataModule, aggregation: AggregationRule, evaluation: EvaluationSettings
+) -> None:
+    """Before any training: ``export.split`` exists, and ``export.dir`` holds no export of other
+    settings (its classifier and prototypes are compared once known, in :func:`export`)."""
+    split = settings.split or dm.train_split
+    if settings.split:
+        try:
+            dm.dataset(split)
+        except InputError as err:
+            raise InputError(f"export.split={split}: {err}") from None
+    method = settings.method or lpcam_method(rule_name(aggregation))
+    check_claim(Path(settings.dir), settings_identity(method, settings, split, dm.name, evaluation))
+
+
 def inference_trainer(cfg: DictConfig, needs_gradients: bool) -> pl.Trainer:
     """The run's trainer for extracting maps (evaluation, export): no logger, and full precision
     whatever the training precision, since the seed thresholds resolve differences of 0.01."""
@@ -160,6 +196,7 @@ def run(cfg: DictConfig) -> dict | None:
     if cfg.stage == "export" and not exporting.dir:
         raise InputError("stage=export: give export.dir=DIR (where the files go)")
     aggregation = instantiate(cfg.lpcam.aggregation)
+    check_export_method(exporting, aggregation, evaluation)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
@@ -168,11 +205,15 @@ def run(cfg: DictConfig) -> dict | None:
     dm.prepare_data()
     if cfg.stage == "score":  # exported maps against the ground truth: no classifier needed
         return score_stage(cfg, dm, evaluation, exporting, run_dir)
+    if exporting.dir:
+        check_export_target(exporting, dm, aggregation, evaluation)
 
     backbone: Backbone = instantiate(cfg.backbone)
     given = given_prototypes(cfg, backbone, dm)
-    features = FeatureCache.for_run(cfg)
+    features = FeatureCache.for_run(cfg, lambda: dm.prototype_content_key)
     trained = classifier_stage.obtain(cfg, dm, backbone, run_dir, None if given else settings, features)
+    if given is not None:  # only now is the classifier known: prototypes of other weights are refused
+        check_built_by(given[0], trained, cfg.lpcam.prototypes_path)
     protos, protos_provenance = run_prototypes(trained, given, settings, dm, features, run_dir / "prototypes.pt")
     if not (run_dir / "prototypes.pt").is_file():
         protos.save(run_dir / "prototypes.pt")

@@ -19,13 +19,14 @@ import contextlib
 import io
 from functools import cached_property
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from torch.utils.data import Dataset
 
 from lpcam.data.checks import BadMask, Item
 from lpcam.data.datamodule import SegmentationDataModule
+from lpcam.data.fingerprint import FileGroup
 from lpcam.data.voc import DatasetLayoutError, read_mask, read_rgb, to_tensors
 
 LAYOUT_HELP = (
@@ -194,3 +195,20 @@ class CocoDataModule(SegmentationDataModule):
     def _open(self, split: str, augment: bool = False) -> CocoSegmentation:
         transform = self.train_transform if augment else None
         return CocoSegmentation(self.root, split, transform, self.mask_dir, coco=self._index(split))
+
+    def content_files(self, extra: Sequence[str] = ()) -> dict[str, FileGroup]:
+        """The annotation files, images and (with ``mask_dir``) masks of the training and validation
+        splits (:meth:`SegmentationDataModule.content_files`); all by size and mtime, the
+        annotation files being hundreds of MB."""
+        splits = list(dict.fromkeys(s for s in (self.train_split, self.val_split, *extra) if s))
+        groups = {
+            "annotations": FileGroup([self.root / "annotations" / f"instances_{s}.json" for s in splits], False),
+            "images": FileGroup(
+                [self.root / s / info["file_name"] for s in splits for _, info in sorted(self._index(s).imgs.items())], False
+            ),
+        }
+        if self.mask_dir:
+            groups["masks"] = FileGroup(
+                [Path(self.mask_dir) / s / f"{i}.png" for s in splits for i in sorted(self._index(s).imgs)], False
+            )
+        return groups

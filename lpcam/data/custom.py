@@ -49,6 +49,7 @@ from lpcam.data.settings import check_settings
 from lpcam.data.transforms import TrainTransform
 from lpcam.data.voc import LAYOUT_HELP, DatasetLayoutError, read_class_names, read_split
 from lpcam.errors import InputError
+from lpcam.safe_load import load_label_file
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def largest_mask_label(root: Path, ids: Sequence[str]) -> tuple[int, Path | None
 
 
 def label_file_classes(path: Path) -> int:
-    labels = np.load(path, allow_pickle=True).item()
+    labels = load_label_file(path)
     return len(next(iter(labels.values())))
 
 

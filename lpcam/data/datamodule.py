@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -12,10 +13,11 @@ import numpy as np
 from torch.utils.data import DataLoader, Subset
 
 from lpcam.data.checks import CheckCache, SplitCheck, check_classes, check_split, mode_counts, mode_summary
+from lpcam.data.fingerprint import DataContent, FileGroup, content_of
 from lpcam.data.generated import DatasetGenerator
 from lpcam.data.settings import DataSettings
 from lpcam.data.transforms import TrainTransform
-from lpcam.data.voc import VOCSegmentation, read_class_names
+from lpcam.data.voc import VOCSegmentation, read_class_names, read_split
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +150,38 @@ class SegmentationDataModule(pl.LightningDataModule):
             "skipped_count": len(set().union(*self.skipped.values())),  # images, each counted once
             "converted_to_rgb": mode_counts(self.checks.values()),
         }
+
+    def content_files(self, extra: Sequence[str] = ()) -> dict[str, FileGroup]:
+        """The files a classifier trained here and its prototype features depend on: those of the
+        training and validation splits (the evaluation split changes neither), and of the
+        ``extra`` splits."""
+        splits = list(dict.fromkeys(s for s in (self.train_split, self.val_split, *extra) if s))
+        ids = sorted(set().union(*(read_split(self.root, s) for s in splits)))
+        folders = {"images": ("JPEGImages", ".jpg"), "masks": ("SegmentationClass", ".png"), "parts": ("SegmentationPart", ".png")}
+        return {
+            "split files": FileGroup([self.root / "ImageSets" / "Segmentation" / f"{s}.txt" for s in splits], True),
+            "classes.txt": FileGroup([self.root / "classes.txt"], True),
+            "cls_labels.npy": FileGroup([self.root / "cls_labels.npy"], True),
+            **{
+                kind: FileGroup([self.root / folder / f"{i}{ext}" for i in ids], False)
+                for kind, (folder, ext) in folders.items()
+                if kind != "parts" or (self.root / folder).is_dir()
+            },
+        }
+
+    @cached_property
+    def content(self) -> DataContent:
+        """The digest of :meth:`content_files` (read once, after ``prepare_data``), which the
+        classifier and feature caches' keys include (:mod:`lpcam.data.fingerprint`)."""
+        return content_of(self.content_files())
+
+    @cached_property
+    def prototype_content_key(self) -> str:
+        """The content digest the feature cache keys on: :attr:`content`'s, with the prototype
+        split's files when the prototypes come from another split."""
+        if self.prototype_split in (self.train_split, self.val_split):
+            return self.content.key
+        return content_of(self.content_files([self.prototype_split])).key
 
     def dataset(self, split: str, augment: bool = False) -> VOCSegmentation:
         """The split's dataset, less the images the preflight left out."""

@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from lpcam.data.checks import BadClasses, BadImage, BadMask, BadSplit, Item, duplicate_names, one_line
 from lpcam.errors import InputError
+from lpcam.safe_load import load_label_file
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -131,7 +132,7 @@ class VOCSegmentation(Dataset):
         if not label_file or not (self.root / label_file).is_file():
             return None
         path = self.root / label_file
-        labels = np.load(path, allow_pickle=True).item()
+        labels = load_label_file(path)  # a pickled dict, read without running code
         sample = next(iter(labels.values()))
         if len(sample) != self.num_classes:
             raise ValueError(

@@ -25,6 +25,7 @@ from PIL import Image
 from lpcam.atomic import atomic_write
 from lpcam.data.palette import save_palette_png
 from lpcam.metrics.segmentation import seeds_from_cams
+from lpcam.safe_load import load_npy
 
 __all__ = [
     "ImageMaps",
@@ -150,7 +151,8 @@ def _seed_indices(high_res: np.ndarray, threshold: float) -> np.ndarray:
 class IrnNpy(_FileFormat):
     """IRN / official LPCAM ``<id>.npy``: ``np.save`` of ``{"keys", "cam", "high_res"}``.
 
-    Read with ``np.load(path, allow_pickle=True).item()``; needs torch to unpickle. ``cam``
+    Read with ``np.load(path, allow_pickle=True).item()``; needs torch to unpickle (lpcam reads it back
+    with :func:`lpcam.safe_load.load_npy`, which runs no code). ``cam``
     is a CPU float32 torch tensor because IRN's and LPCAM's ``make_sem_seg_labels`` call
     ``cam.cuda()`` on it; ``high_res`` is numpy (IRN's and LPCAM's ``make_cam``: every reader
     pads it with ``np.pad``); ``keys`` is numpy int64 as in LPCAM's ``make_lpcam`` (IRN
@@ -355,5 +357,5 @@ def make_format(name: str, **options: Any) -> ExportFormat:
 
 def read_irn(dir: Path, image_id: str) -> tuple[np.ndarray, np.ndarray]:
     """``keys`` and ``high_res`` of an ``irn`` file, read as IRN's ``eval_cam`` reads it."""
-    record = np.load(IrnNpy().path(Path(dir), image_id), allow_pickle=True).item()
+    record = load_npy(IrnNpy().path(Path(dir), image_id), torch_tensors=True)  # no code runs on load
     return np.asarray(record["keys"]), np.asarray(record["high_res"])

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from lpcam.errors import InputError
+from lpcam.field_types import check_field_types
 
 SAMPLING = {"sampling": True}  # field metadata: the setting changes the sampled feature pool
 SCORES = ("softmax", "sigmoid")
@@ -45,6 +46,7 @@ class PrototypeSettings:
     seed: int = field(default=0, metadata=SAMPLING)
 
     def __post_init__(self) -> None:
+        check_field_types(self, "lpcam")
         for name, ok, expected in self._checks():
             if not ok:
                 raise InputError(f"lpcam.{name}={getattr(self, name)!r}: expected {expected}")

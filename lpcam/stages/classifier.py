@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from lpcam.cache import FeatureCache, classifier_key, locked, publish_file, training_config
+from lpcam.cache import FeatureCache, classifier_key, entries_on_other_data, locked, publish_file, training_config
 from lpcam.data.datamodule import SegmentationDataModule
 from lpcam.errors import InputError, MissingInput
 from lpcam.loggers import stage_loggers
@@ -22,6 +21,8 @@ from lpcam.models.backbones import Backbone
 from lpcam.models.classifier import Classifier
 from lpcam.prototypes.settings import PrototypeSettings
 from lpcam.prototypes.store import Prototypes
+from lpcam.results import write_json
+from lpcam.safe_load import torch_load
 from lpcam.stages.prototypes import PrototypeCallback
 from lpcam.stages.provenance import Provenance
 
@@ -77,7 +78,9 @@ def train(
             cfg.trainer, callbacks=[checkpoint, timer, *([builder] if builder else [])], logger=loggers or False
         )
         trainer.fit(classifier, datamodule=dm)
-    path = str(run_dir / "checkpoints" / "best.ckpt")
+    path = checkpoint.best_model_path or str(run_dir / "checkpoints" / "best.ckpt")
+    # the best epoch's weights, not the last's (the PrototypeCallback, when there is one, reloaded them already)
+    classifier.load_state_dict(torch_load(path, "checkpoint")["state_dict"])
     return ClassifierStage(
         classifier,
         Provenance("trained", path, {"train": timer.seconds}),
@@ -90,13 +93,18 @@ def load(path: Path, field: str, dm: SegmentationDataModule, backbone: Backbone,
     """A trained classifier from a checkpoint, with the prototypes it carries, if any."""
     if not path.is_file():
         raise MissingInput(f"{field}={path}: no such checkpoint")
-    classifier = Classifier.load_from_checkpoint(path, map_location="cpu", backbone=backbone)
-    if classifier.hparams.num_classes != dm.num_classes:
-        raise InputError(
-            f"{field}={path}: the classifier has {classifier.hparams.num_classes} classes, "
-            f"dataset {dm.name} has {dm.num_classes}"
-        )
-    protos = Prototypes.from_checkpoint(torch.load(path, map_location="cpu", weights_only=False), str(path))
+    checkpoint = torch_load(path, field)  # tensors and plain containers only: a checkpoint runs no code
+    if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= set(checkpoint):
+        raise InputError(f"{field}={path}: not a checkpoint of an lpcam classifier (no state_dict and hyper_parameters)")
+    classes = checkpoint["hyper_parameters"].get("num_classes")
+    if classes != dm.num_classes:
+        raise InputError(f"{field}={path}: the classifier has {classes} classes, dataset {dm.name} has {dm.num_classes}")
+    try:
+        classifier = Classifier.load_from_checkpoint(path, map_location="cpu", backbone=backbone, weights_only=True)
+    except RuntimeError as err:  # the weights of another architecture
+        detail = " ".join(line.strip() for line in str(err).splitlines()[:2])[:300]
+        raise InputError(f"{field}={path}: its weights do not fit backbone {backbone.name}: {detail}") from None
+    protos = Prototypes.from_checkpoint(checkpoint, str(path))
     return ClassifierStage(
         classifier,
         Provenance(source, str(path)),
@@ -125,19 +133,25 @@ def obtain(
         if cfg.stage in NEEDS_TRAINED:
             raise InputError(f"stage={cfg.stage} needs a trained classifier: give ckpt_path=, or set cache.classifier=true")
         return train(cfg, dm, backbone, run_dir, prototypes, features)
-    entry = Path(cfg.cache.dir) / "classifiers" / classifier_key(cfg)
+    entry = Path(cfg.cache.dir) / "classifiers" / classifier_key(cfg, dm.content.key)
     cached = entry / "best.ckpt"
     with locked(entry, "classifier"):
         if cached.is_file():
-            log.info("classifier: reusing %s, trained with the same config (cache.classifier=false retrains)", cached)
+            log.info("classifier: reusing %s, trained with the same config and data (cache.classifier=false retrains)", cached)
             return load(cached, "cache", dm, backbone, "cache")
+        for other, recorded in entries_on_other_data(entry):
+            log.info(
+                "classifier: not reusing %s: trained with this config, but the dataset's %s changed since",
+                other, ", ".join(dm.content.changed_since(recorded)),
+            )  # fmt: skip
         if cfg.stage in NEEDS_TRAINED:
             raise MissingInput(
-                f"stage={cfg.stage}: no classifier trained with this config in {entry}; "
+                f"stage={cfg.stage}: no classifier trained with this config and data in {entry}; "
                 f"run stage=train (or stage=all) first, or give ckpt_path="
             )
         trained = train(cfg, dm, backbone, run_dir, prototypes, features)
         publish_file(Path(trained.provenance.path), cached)
         (entry / "training_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(training_config(cfg))))
+        write_json(dm.content.parts, entry / "data.json")
         log.info("classifier: cached as %s", cached)
     return trained

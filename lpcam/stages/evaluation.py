@@ -18,6 +18,7 @@ from lpcam.cams.cam import Cam
 from lpcam.cams.multiscale import DEFAULT_SCALES
 from lpcam.cams.prototype_maps import Lpcam
 from lpcam.errors import InputError
+from lpcam.field_types import check_field_types
 from lpcam.metrics.segmentation import DEFAULT_THRESHOLDS, SeedConfusion
 from lpcam.models.classifier import Classifier
 from lpcam.prototypes.store import Prototypes
@@ -43,6 +44,7 @@ class EvaluationSettings:
     methods: tuple[Callable[..., CamMethod], ...] = ()  # more methods: factories(classifier=, prototypes=)
 
     def __post_init__(self) -> None:
+        check_field_types(self, "evaluation")
         for f in fields(self):
             if isinstance(f.default, tuple):  # Hydra hands lists over
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
@@ -68,6 +70,16 @@ class EvaluationSettings:
 def lpcam_method(rule: str) -> str:
     """The results key of the LPCAM maps under an aggregation rule (``lpcam_official``, ...)."""
     return f"lpcam_{rule}"
+
+
+def planned_methods(aggregation: AggregationRule, settings: EvaluationSettings) -> list[str] | None:
+    """The names :func:`build_methods` will give, known before any classifier exists (to check
+    ``export.method`` at once); None when ``evaluation.methods`` adds methods only their
+    factories can name."""
+    if settings.methods:
+        return None
+    rules = [rule_name(aggregation), *settings.compare_rules]
+    return list(dict.fromkeys(["cam", *map(lpcam_method, rules), *settings.baselines]))
 
 
 def build_methods(

@@ -25,7 +25,8 @@ from torch import Tensor
 from lpcam.cache import tensors_digest, weights_digest
 from lpcam.cams.base import CamMethod
 from lpcam.errors import InputError, MissingInput
-from lpcam.export.formats import FORMATS, ImageMaps, make_format, read_irn, strided_size
+from lpcam.field_types import check_field_types
+from lpcam.export.formats import FORMATS, ImageMaps, crf_available, make_format, read_irn, strided_size
 from lpcam.metrics.segmentation import SeedConfusion
 from lpcam.models.classifier import Classifier
 from lpcam.prototypes.store import Prototypes
@@ -51,12 +52,18 @@ class ExportSettings:
     crf: bool | None = None  # ir_label: dense-CRF refinement as IRN; None = when pydensecrf imports
 
     def __post_init__(self) -> None:
+        for name in ("dir", "split"):  # a folder or split named by digits arrives as a number
+            if isinstance(getattr(self, name), int) and not isinstance(getattr(self, name), bool):
+                object.__setattr__(self, name, str(getattr(self, name)))
+        check_field_types(self, "export")
         object.__setattr__(self, "formats", tuple(self.formats))
+        ir_label_crf = self.crf is not True or "ir_label" not in self.formats or crf_available()
         checks = [
             ("formats", len(self.formats) > 0 and set(self.formats) <= set(FORMATS), f"formats among {sorted(FORMATS)}"),
             ("threshold", self.threshold is None or 0 < self.threshold < 1, "a background threshold in (0, 1)"),
             ("fg_threshold", 0 < self.fg_threshold < 1, "a threshold in (0, 1)"),
             ("bg_threshold", 0 < self.bg_threshold <= self.fg_threshold, "a threshold in (0, export.fg_threshold]"),
+            ("crf", ir_label_crf, "false or null: the dense CRF needs pydensecrf, not installed (pip install pydensecrf2)"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -81,18 +88,27 @@ def prototypes_digest(prototypes: Prototypes) -> str:
 def claim(directory: Path, identity: dict[str, Any], formats: tuple[str, ...]) -> None:
     """Write (or check) ``DIR/export.json``: files of another method, settings, classifier or
     prototypes are never mixed into one folder."""
-    path = directory / MANIFEST
-    if path.is_file():
-        recorded = json.loads(path.read_text())
-        differing = [k for k in identity if recorded.get(k) != identity[k]]
-        if differing:
-            k = differing[0]
-            raise InputError(
-                f"export.dir={directory}: it holds an export with {k}={recorded.get(k)!r}, this run has "
-                f"{k}={identity[k]!r}; export into another folder (or delete that one) rather than mix them"
-            )
+    recorded = check_claim(directory, identity)
+    if recorded is not None:
         formats = tuple(dict.fromkeys([*recorded.get("formats", []), *formats]))
-    write_json({**identity, "formats": list(formats)}, path)
+    write_json({**identity, "formats": list(formats)}, directory / MANIFEST)
+
+
+def check_claim(directory: Path, identity: dict[str, Any]) -> dict | None:
+    """Refuse a ``DIR/export.json`` that disagrees with ``identity`` (all of it, or the part known
+    before training: :func:`settings_identity`); returns the manifest, None when there is none."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        return None
+    recorded = json.loads(path.read_text())
+    differing = [k for k in identity if recorded.get(k) != identity[k]]
+    if differing:
+        k = differing[0]
+        raise InputError(
+            f"export.dir={directory}: it holds an export with {k}={recorded.get(k)!r}, this run has "
+            f"{k}={identity[k]!r}; export into another folder (or delete that one) rather than mix them"
+        )
+    return recorded
 
 
 class CamExporter(pl.LightningModule):
@@ -159,21 +175,21 @@ def export_identity(
     views: EvaluationSettings, threshold: float,
 ) -> dict[str, Any]:  # fmt: skip
     """What makes two exports' files interchangeable (the manifest's fields, formats aside)."""
-    not_identity = ("dir", "formats", "threshold", "split", "method")  # the folder itself, or resolved below
-    options = {f.name: getattr(settings, f.name) for f in fields(settings) if f.name not in not_identity}
     return {
-        "schema": 1,
-        "dataset": dataset,
-        "split": split,
-        "method": method,
-        "scales": list(views.scales),
-        "flip": views.flip,
+        **settings_identity(method, settings, split, dataset, views),
         "png_threshold": threshold,
-        **options,
         "classifier": weights_digest(classifier),
         "prototypes": prototypes_digest(prototypes),
-        "prototype_settings": {k: v for k, v in prototypes.meta.items() if k != "class_names"},
+        # the classifier's digest is a field of its own (and was not in the meta of earlier files)
+        "prototype_settings": {k: v for k, v in prototypes.meta.items() if k not in ("class_names", "weights")},
     }
+
+
+def settings_identity(method: str, settings: ExportSettings, split: str, dataset: str, views: EvaluationSettings) -> dict[str, Any]:
+    """The part of :func:`export_identity` known before any training: checked at once."""
+    not_identity = ("dir", "formats", "threshold", "split", "method")  # the folder itself, or resolved here
+    options = {f.name: getattr(settings, f.name) for f in fields(settings) if f.name not in not_identity}
+    return {"schema": 1, "dataset": dataset, "split": split, "method": method, "scales": list(views.scales), "flip": views.flip, **options}
 
 
 

@@ -29,6 +29,7 @@ from lpcam.prototypes.clustering import cluster_and_select
 from lpcam.prototypes.pool import POOL_DTYPES, FeaturePool, feature_tags, merge_pools, pool_cap
 from lpcam.prototypes.settings import PrototypeSettings
 from lpcam.prototypes.store import Prototypes
+from lpcam.safe_load import torch_load
 from lpcam.stages.provenance import Provenance
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ def pooled_features(
         cached = [path.is_file()]
         dist.broadcast_object_list(cached, src=0)  # one decision for all: a split one would hang the gather
         if cached[0]:
-            return FeaturePool.from_state_dict(torch.load(path, weights_only=False))
+            return FeaturePool.from_state_dict(torch_load(path, "feature cache entry"))
         pool = gathered_features(model, batches, num_classes, settings, progress)
         if rank == 0:
             torch_save(pool.state_dict(), path)
@@ -147,7 +148,7 @@ def pooled_features(
     with locked(path, "feature pool"):
         if path.is_file():
             log.info("prototypes: features from the cache (%s)", path)
-            return FeaturePool.from_state_dict(torch.load(path, weights_only=False))
+            return FeaturePool.from_state_dict(torch_load(path, "feature cache entry"))
         pool = collect_features(model, batches, num_classes, settings, progress)
         torch_save(pool.state_dict(), path)
         return pool
@@ -183,6 +184,7 @@ def build_prototypes(
         "class_names": list(class_names),
         "dataset": dataset,
         "images": images,
+        "weights": weights_digest(model),  # the classifier that built them: a file is checked against the run's
         **settings.as_dict(),
     }
     return protos, {"features": t1 - t0, "clustering": t2 - t1}
@@ -207,8 +209,7 @@ class PrototypeCallback(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: Classifier) -> None:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if best:
-            state = torch.load(best, map_location=pl_module.device, weights_only=False)["state_dict"]
-            pl_module.load_state_dict(state)
+            pl_module.load_state_dict(torch_load(best, "checkpoint")["state_dict"])
         dm = trainer.datamodule
         protos, seconds = build_prototypes(
             pl_module, dm.prototype_dataloader(), dm.class_names, self.settings, dm.name, self.cache, self.progress,
