@@ -15,6 +15,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lpcam import preemption
 from lpcam.cache import FeatureCache
 from lpcam.cams.aggregation import AggregationRule, rule_name
 from lpcam.data.datamodule import SegmentationDataModule
@@ -30,6 +31,7 @@ from lpcam.stages.evaluation import CamEvaluator, EvaluationSettings, build_meth
 from lpcam.stages.export import CamExporter, ExportSettings, claim, export_identity, read_manifest, score_export
 from lpcam.stages.prototypes import build_prototypes
 from lpcam.stages.provenance import Provenance
+from lpcam.stages.resume import resume_setting
 from lpcam.viz import cam_figure
 
 log = logging.getLogger(__name__)
@@ -155,6 +157,8 @@ def run(cfg: DictConfig) -> dict | None:
     exporting: ExportSettings = build_settings(cfg.export)
     if cfg.stage == "export" and not exporting.dir:
         raise InputError("stage=export: give export.dir=DIR (where the files go)")
+    resume_setting(cfg)
+    features = FeatureCache.for_run(cfg)
     aggregation = instantiate(cfg.lpcam.aggregation)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -166,7 +170,6 @@ def run(cfg: DictConfig) -> dict | None:
 
     backbone: Backbone = instantiate(cfg.backbone)
     given = given_prototypes(cfg, backbone, dm)
-    features = FeatureCache.for_run(cfg)
     trained = classifier_stage.obtain(cfg, dm, backbone, run_dir, None if given else settings, features)
     protos, protos_provenance = run_prototypes(trained, given, settings, dm, features, run_dir / "prototypes.pt")
     if not (run_dir / "prototypes.pt").is_file():
@@ -182,6 +185,7 @@ def run(cfg: DictConfig) -> dict | None:
     evaluator = CamEvaluator(trained.classifier, protos, dm.class_names, aggregation, evaluation)
     with stage_loggers(cfg, "evaluate") as loggers:
         inference_trainer(cfg, evaluator.needs_gradients).test(evaluator, datamodule=dm, verbose=False)
+        preemption.check()  # a stop signal after the last batch: stop before reporting
         provenance = {"classifier": trained.provenance, "prototypes": protos_provenance}
         results = results_json(cfg, dm, backbone.name, evaluator, protos, provenance)
         write_json(results, run_dir / "results.json")
@@ -252,6 +256,7 @@ def export(
         classifier, methods[name], [str(i) for i in loader.dataset.ids], settings.writers(threshold), directory, evaluation
     )
     inference_trainer(cfg, methods[name].needs_gradients).predict(exporter, dataloaders=loader, return_predictions=False)
+    preemption.check()
     rate = exporter.written / exporter.seconds if exporter.seconds else 0.0
     log.info(
         "export: %d images written (%d already there) to %s as %s, %.1f images/s",
