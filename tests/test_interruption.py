@@ -76,7 +76,7 @@ def test_a_job_stopped_at_every_stage_resumes_to_the_uninterrupted_numbers(tmp_p
         assert not (entry / "best.ckpt").exists() and (entry / "in_progress" / "last.ckpt").is_file()
         assert not (tmp_path / name / "results.json").exists()
 
-    out = stop("sigint", "train_step:6:SIGINT", 1)  # Lightning turns Ctrl-C into exit status 1
+    stop("sigint", "train_step:6:SIGINT", 1)  # Lightning turns Ctrl-C into exit status 1
     training_in_progress("sigint")
     assert not partials(tmp_path / "cache")
     assert torch.load(classifiers.glob("*/in_progress/last.ckpt").__next__(), weights_only=True)["epoch"] == 0
