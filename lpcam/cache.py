@@ -12,7 +12,14 @@
 
 Parallel jobs (joblib, SLURM) reach for an entry at once: each entry is produced under a file lock,
 so one job computes it while the others wait and then read it, and it is published by an atomic
-rename, so an interrupted job leaves nothing that a later job would trust.
+rename, so an interrupted job leaves nothing that a later job would trust. The lock is the
+kernel's (``flock``): it dies with its process, so a killed job never blocks the next one, and
+whatever a killed job left half-written (``*.partial-<pid>``) is removed by the next job that
+takes the entry's lock (nobody else can be writing it then).
+
+The feature pools are capped (``cache.features_max_gb``): after a pool is written, the least
+recently used pools (by modification time, which a read refreshes) are removed until the total
+fits, never one whose lock another job holds. Trained classifiers are never evicted.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
 from lpcam.atomic import atomic_write
+from lpcam.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +131,25 @@ def locked(path: Path, what: str) -> Iterator[None]:
         log.info("waiting for another job computing the same %s (%s)", what, path)
         lock.acquire()
     try:
+        remove_partials(path)
         yield
     finally:
         lock.release()
+
+
+def remove_partials(path: Path) -> None:
+    """Delete what interrupted writers left of the entry ``path`` (``<path>.partial-<pid>``, and
+    any ``*.partial-*`` inside it when it is a folder). Call only while holding its lock: the
+    entry's writers write under that lock, so these are the leftovers of dead processes."""
+    leftovers = list(path.parent.glob(f"{path.name}.partial-*"))
+    if path.is_dir():
+        leftovers += list(path.rglob("*.partial-*"))
+    for leftover in leftovers:
+        log.info("cache: removing %s, left half-written by an interrupted job", leftover)
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 def publish_file(src: Path, dst: Path) -> Path:
@@ -139,6 +163,7 @@ class FeatureCache:
 
     dir: Path
     dataset_key: str  # a digest of the dataset's config and content: pools of other data never match
+    max_bytes: int | None = None  # the pools' total size cap (all datasets), None: no cap
 
     @classmethod
     def for_run(cls, cfg: DictConfig, data: Callable[[], str]) -> "FeatureCache | None":
@@ -146,13 +171,63 @@ class FeatureCache:
         of the dataset's content (called only when the cache is on)."""
         if not cfg.cache.features:
             return None
+        cap = cfg.cache.get("features_max_gb")
+        if cap is not None and not (isinstance(cap, (int, float)) and not isinstance(cap, bool) and cap >= 0):
+            raise InputError(f"cache.features_max_gb={cap!r}: expected a size in GB >= 0, or null (no cap)")
+        max_bytes = None if cap is None else int(cap * 1024**3)
         dataset = training_config(cfg)["dataset"]
         for key in ("prototype_split", "images_per_class"):  # which images the pool is sampled from
             if cfg.dataset.get(key) is not None:
                 dataset[key] = cfg.dataset[key]
-        return cls(Path(cfg.cache.dir), digest([dataset, data()]))
+        return cls(Path(cfg.cache.dir), digest([dataset, data()]), max_bytes)
 
     def path(self, weights: str, sampling: dict) -> Path:
         """The entry of a classifier (``weights``, see :func:`weights_digest`) under ``sampling``
         settings (:meth:`lpcam.prototypes.settings.PrototypeSettings.sampling_dict`)."""
         return self.dir / "features" / f"{digest([weights, self.dataset_key, sampling])}.pt"
+
+    def touch(self, path: Path) -> None:
+        """Mark a pool used now (the eviction removes the least recently used first)."""
+        try:
+            os.utime(path)
+        except OSError:  # read-only cache, or evicted meanwhile: only the order of eviction suffers
+            pass
+
+    def evict(self, keep: Path) -> list[Path]:
+        """Remove the least recently used pools (never ``keep``, the one just written, nor one
+        whose lock another job holds) until the pools fit in ``max_bytes``; returns the removed."""
+        if self.max_bytes is None:
+            return []
+        pools = []
+        for pool in (self.dir / "features").glob("*.pt"):
+            try:
+                stat = pool.stat()
+            except FileNotFoundError:  # evicted by another job meanwhile
+                continue
+            pools.append((stat.st_mtime, stat.st_size, pool))
+        pools.sort(key=lambda t: t[0])
+        total = sum(size for _, size, _ in pools)
+        removed = []
+        for _, size, pool in pools:
+            if total <= self.max_bytes:
+                break
+            if pool == keep:
+                continue
+            lock = FileLock(str(pool) + ".lock")
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:  # a job is reading or writing it
+                continue
+            try:
+                remove_partials(pool)
+                pool.unlink(missing_ok=True)
+            finally:
+                lock.release()
+            total -= size
+            removed.append(pool)
+        if removed:
+            log.info(
+                "cache: removed %d least recently used feature pools to stay under cache.features_max_gb (%.2f GB)",
+                len(removed), self.max_bytes / 1024**3,
+            )  # fmt: skip
+        return removed

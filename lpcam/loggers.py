@@ -8,6 +8,7 @@ finished when its stage ends, also when it fails, so jobs never merge into one r
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -93,3 +94,18 @@ def log_artifact(loggers: list[Logger], path: Path, name: str, kind: str) -> Non
             artifact = wandb.Artifact(name=name, type=kind)
             artifact.add_file(str(path))
             logger.experiment.log_artifact(artifact)
+
+
+
+@contextmanager
+def wandb_written() -> Iterator[None]:
+    """At the block's end, wait until W&B has written this process's runs to disk. Its service
+    process may still be writing a run when ``finish()`` returns; ``wandb.teardown()`` waits for
+    it. The entry point wraps each job in this, so a job's offline runs are complete (ready for
+    ``wandb sync``) when it returns, also in a sweep's worker process, where W&B's own atexit hook
+    is not reliable."""
+    try:
+        yield
+    finally:
+        if "wandb" in sys.modules:
+            sys.modules["wandb"].teardown()

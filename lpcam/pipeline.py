@@ -15,6 +15,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from lpcam import preemption
 from lpcam.cache import FeatureCache, weights_digest
 from lpcam.cams.aggregation import AggregationRule, rule_name
 from lpcam.data.datamodule import SegmentationDataModule
@@ -32,6 +33,7 @@ from lpcam.stages.export import (
 )  # fmt: skip
 from lpcam.stages.prototypes import build_prototypes
 from lpcam.stages.provenance import Provenance
+from lpcam.stages.resume import resume_setting
 from lpcam.viz import cam_figure
 
 log = logging.getLogger(__name__)
@@ -195,6 +197,8 @@ def run(cfg: DictConfig) -> dict | None:
     exporting: ExportSettings = build_settings(cfg.export)
     if cfg.stage == "export" and not exporting.dir:
         raise InputError("stage=export: give export.dir=DIR (where the files go)")
+    resume_setting(cfg)
+    features = FeatureCache.for_run(cfg)
     aggregation = instantiate(cfg.lpcam.aggregation)
     check_export_method(exporting, aggregation, evaluation)
     run_dir = Path(cfg.run_dir)
@@ -228,6 +232,7 @@ def run(cfg: DictConfig) -> dict | None:
     evaluator = CamEvaluator(trained.classifier, protos, dm.class_names, aggregation, evaluation)
     with stage_loggers(cfg, "evaluate") as loggers:
         inference_trainer(cfg, evaluator.needs_gradients).test(evaluator, datamodule=dm, verbose=False)
+        preemption.check()  # a stop signal after the last batch: stop before reporting
         provenance = {"classifier": trained.provenance, "prototypes": protos_provenance}
         results = results_json(cfg, dm, backbone.name, evaluator, protos, provenance)
         write_json(results, run_dir / "results.json")
@@ -300,6 +305,7 @@ def export(
         classifier, methods[name], [str(i) for i in loader.dataset.ids], settings.writers(threshold), directory, evaluation
     )
     inference_trainer(cfg, methods[name].needs_gradients).predict(exporter, dataloaders=loader, return_predictions=False)
+    preemption.check()
     rate = exporter.written / exporter.seconds if exporter.seconds else 0.0
     log.info(
         "export: %d images written (%d already there) to %s as %s, %.1f images/s",

@@ -15,7 +15,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from lpcam import preemption
 from lpcam.errors import input_error_in
+from lpcam.loggers import wandb_written
 from lpcam.pipeline import hydra_overrides, run
 from lpcam.report import print_summary
 from lpcam.results import write_json
@@ -33,7 +35,8 @@ def record_failure(run_dir: Path, err: BaseException, to_log: bool) -> None:
     error in the job's log, so a failed job of a multirun says why wherever one looks."""
     cause = input_error_in(err)
     if to_log:
-        log.error("job failed: %s", cause or err, exc_info=cause is None)
+        expected = cause is not None or isinstance(err, preemption.Preempted)  # no traceback: not a bug
+        log.error("job failed: %s", cause or err, exc_info=not expected)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(
         {
@@ -50,11 +53,15 @@ def record_failure(run_dir: Path, err: BaseException, to_log: bool) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     try:
-        results = run(cfg)
-    except SIGTERMException as err:  # Lightning's SystemExit would exit 0: a scheduler must see a failure
-        record_failure(Path(cfg.run_dir), err, to_log=True)
-        print("lpcam: stopped by SIGTERM; what was written is complete, and the same command resumes", file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)
+        with preemption.stop_on_signals(), wandb_written():
+            results = run(cfg)
+    except SIGTERMException as err:  # a SystemExit that would exit 0: a scheduler must see a failure
+        signum = preemption.received() or signal.SIGTERM  # Lightning raises it for SIGTERM, lpcam for SIGUSR1 too
+        stop = err if isinstance(err, preemption.Preempted) else preemption.Preempted(signum).with_traceback(err.__traceback__)
+        record_failure(Path(cfg.run_dir), stop, to_log=True)
+        name = signal.Signals(signum).name
+        print(f"lpcam: stopped by {name}; what was written is complete, and the same command resumes", file=sys.stderr)
+        sys.exit(128 + signum)
     except Exception as err:
         multirun = HydraConfig.get().mode == RunMode.MULTIRUN
         record_failure(Path(cfg.run_dir), err, to_log=multirun)

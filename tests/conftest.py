@@ -44,3 +44,26 @@ def tiny(tmp_path: Path):
         )
 
     return make
+
+
+# the tiny job of the interruption tests (lpcam/stages/resume.py): 5 epochs of 4 steps, so a
+# training can be stopped mid-epoch four times; run as the command a user runs
+RESUMABLE = [*TINY, "trainer.max_epochs=5", "logger=none"]
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory) -> dict:
+    """The RESUMABLE job run once without interruption: its results.json, and the run and cache
+    folders, for the interruption tests to compare with."""
+    import json
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("uninterrupted")
+    overrides = [*RESUMABLE, f"data_dir={root / 'data'}", f"cache.dir={root / 'cache'}", f"hydra.run.dir={root / 'run'}"]
+    env = {**os.environ, "WANDB_SILENT": "true"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "lpcam.run", *overrides], cwd=CONF.parents[1], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"results": json.loads((root / "run" / "results.json").read_text()), "run": root / "run", "cache": root / "cache"}

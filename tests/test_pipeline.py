@@ -78,7 +78,10 @@ def test_checkpoint_and_prototypes_reuse_and_refusal(tiny, tmp_path):
 def test_wandb_logger_runs_offline(tiny, tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    import wandb
+
     run(tiny("logger=wandb", run="wb"))
+    wandb.teardown()  # W&B's service may still be writing the runs after finish(); this waits for it
     offline = sorted((tmp_path / "wb" / "wandb").glob("offline-run-*"))
     runs = {r.job_type: r for r in map(read_run, offline)}  # the run's data, ready for `wandb sync`
     assert set(runs) == {"train", "evaluate"} and len(offline) == 2  # one run per stage

@@ -3,6 +3,7 @@ and a failing job that does not stop the others."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from lpcam.sweeps import read_sweep, sweep_report
-from tests.conftest import TINY
+from tests.conftest import RESUMABLE, TINY
+from tests.faults import finish, start, wait_for, wait_for_text
 from tests.wandb_records import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,6 +67,26 @@ def test_a_failing_job_is_reported_and_the_others_finish(tmp_path):
     assert "lpcam.k=0" in (jobs[1].path / "run.log").read_text()  # in the job's log too
     text = sweep_report(tmp_path / "sweep").read_text()
     assert "2 of 3 jobs finished" in text and "## Failed jobs" in text and "expected a whole number" in text
+
+
+def test_a_job_waiting_for_a_killed_holder_resumes_its_training(tmp_path, uninterrupted):
+    """Two jobs need the same classifier at once: the first trains it under the cache's lock, the
+    second waits. The first is killed (SIGKILL) mid-training: its lock dies with it, and the
+    waiting job takes over its training from the last checkpoint, to the uninterrupted numbers."""
+    overrides = [*RESUMABLE, f"data_dir={tmp_path / 'data'}", f"cache.dir={tmp_path / 'cache'}"]
+    go = tmp_path / "go"
+    holder = start([*overrides, f"hydra.run.dir={tmp_path / 'a'}"], tmp_path / "a.log", "train_step:6:SIGKILL", HOLD=go)
+    wait_for(tmp_path / "go.ready", holder)  # the holder is at step 6, its epoch 0 checkpointed
+    waiter = start([*overrides, f"hydra.run.dir={tmp_path / 'b'}"], tmp_path / "b.log")
+    wait_for_text(tmp_path / "b.log", "waiting for another job computing the same classifier", waiter)
+    go.touch()  # now the holder kills itself
+    assert finish(holder, tmp_path / "a.log")[0] == -signal.SIGKILL
+    code, out = finish(waiter, tmp_path / "b.log")
+    assert code == 0, out[-3000:]
+    assert "resuming the interrupted training" in out
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert results["provenance"]["classifier"]["source"] == "resumed"
+    assert results["methods"] == uninterrupted["results"]["methods"]
 
 
 def test_report_refuses_a_folder_without_jobs(tmp_path):

@@ -42,6 +42,14 @@ class TrainTransform:
             self._rng = np.random.default_rng(info.seed % 2**32)
         return self._rng
 
+    def get_state(self) -> dict:
+        """The main process's generator state: a training checkpoint saves it, so that a resumed
+        training draws the augmentations the uninterrupted one drew (see lpcam.stages.resume)."""
+        return self._rng.bit_generator.state
+
+    def set_state(self, state: dict) -> None:
+        self._rng.bit_generator.state = state
+
     def __call__(self, item: dict) -> dict:
         image, mask, parts = item["image"], item["mask"], item["parts"]
         if self.resize_long is not None:

@@ -1,10 +1,13 @@
 """The classifier stage: a trained multi-label classifier, from ``ckpt_path``, the sweep's
-classifier cache, or trained here (its :class:`PrototypeCallback` then builds the prototypes)."""
+classifier cache, or trained here (its :class:`PrototypeCallback` then builds the prototypes),
+resuming an interrupted training of the same config (:mod:`lpcam.stages.resume`)."""
 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +16,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
-from lpcam.cache import FeatureCache, classifier_key, entries_on_other_data, locked, publish_file, training_config
+from lpcam import preemption
+from lpcam.atomic import atomic_write
+from lpcam.cache import (
+    FeatureCache, classifier_key, entries_on_other_data, locked, publish_file, secondary_process, training_config,
+)  # fmt: skip
 from lpcam.data.datamodule import SegmentationDataModule
 from lpcam.errors import InputError, MissingInput
 from lpcam.loggers import stage_loggers
@@ -25,6 +32,7 @@ from lpcam.results import write_json
 from lpcam.safe_load import torch_load
 from lpcam.stages.prototypes import PrototypeCallback
 from lpcam.stages.provenance import Provenance
+from lpcam.stages.resume import AtomicCheckpointIO, TrainingProgress, TrainingRandomness
 
 log = logging.getLogger(__name__)
 
@@ -64,26 +72,46 @@ def train(
     run_dir: Path,
     prototypes: PrototypeSettings | None,
     features: FeatureCache | None = None,
+    progress: TrainingProgress | None = None,
 ) -> ClassifierStage:
     """Fit the classifier, keeping the best checkpoint by validation loss; with ``prototypes``
-    settings, its PrototypeCallback then builds the prototypes from that checkpoint."""
+    settings, its PrototypeCallback then builds the prototypes from that checkpoint. The
+    checkpoints stay in ``progress.folder`` (default: ``<run_dir>/checkpoints/in_progress``) until
+    the training ends, resumed from where ``progress`` says; then the best one is published as
+    ``<run_dir>/checkpoints/best.ckpt``."""
+    progress = progress or TrainingProgress.plan(cfg, run_dir / "checkpoints" / "in_progress")
+    if progress.resume_from and dm.num_workers > 0:
+        log.warning(
+            "classifier: dataset.num_workers=%d: the workers' augmentation is not in the checkpoint, so the resumed "
+            "epochs draw other augmentations than an uninterrupted run would (num_workers=0 resumes bit for bit)",
+            dm.num_workers,
+        )
     classifier = instantiate(cfg.model, backbone=backbone, num_classes=dm.num_classes)
-    # the best epoch by validation loss; without a validation split, the last epoch (saved all the same)
-    monitor = "val/loss" if dm.val_split else None
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="min")
+    # the best epoch by validation loss, first (trainer.checkpoint_callback); and every epoch's end
+    # as last.ckpt, which a stopped training resumes from (Lightning's save_last saves only when
+    # the best improves); without a validation split, the last epoch is the one kept
+    checkpoints = [ModelCheckpoint(dirpath=progress.folder, filename="best", monitor="val/loss", mode="min")] if dm.val_split else []
+    checkpoints.append(ModelCheckpoint(dirpath=progress.folder, filename="last", enable_version_counter=False))
     timer = TrainingTime()
     builder = PrototypeCallback(run_dir / "prototypes.pt", prototypes, features) if prototypes is not None else None
+    callbacks = [*checkpoints, timer, TrainingRandomness(), *([builder] if builder else [])]
     with stage_loggers(cfg, "train") as loggers:
         trainer: pl.Trainer = instantiate(
-            cfg.trainer, callbacks=[checkpoint, timer, *([builder] if builder else [])], logger=loggers or False
+            cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
         )
-        trainer.fit(classifier, datamodule=dm)
-    path = checkpoint.best_model_path or str(run_dir / "checkpoints" / "best.ckpt")
+        with warnings.catch_warnings():  # resuming into the folder the checkpoints came from is the point
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+            trainer.fit(classifier, datamodule=dm, ckpt_path=progress.resume_from)
+        preemption.check()  # a stop signal after Lightning's last check: the training is resumable, not published
+    path = run_dir / "checkpoints" / "best.ckpt"
+    if trainer.is_global_zero:
+        publish_file(Path(trainer.checkpoint_callback.best_model_path), path)
     # the best epoch's weights, not the last's (the PrototypeCallback, when there is one, reloaded them already)
-    classifier.load_state_dict(torch_load(path, "checkpoint")["state_dict"])
+    classifier.load_state_dict(torch_load(trainer.checkpoint_callback.best_model_path, "checkpoint")["state_dict"])
+    source = "resumed" if progress.resume_from else "trained"
     return ClassifierStage(
         classifier,
-        Provenance("trained", path, {"train": timer.seconds}),
+        Provenance(source, str(path), {"train": timer.seconds}),
         builder.prototypes if builder else None,
         builder.provenance if builder else None,
     )
@@ -125,19 +153,24 @@ def obtain(
     (and then published to the cache). ``prototypes``/``features`` go to the training.
 
     The cache entry is produced under a lock, so when parallel jobs of a sweep need the same
-    classifier one trains it and the others wait and load it.
+    classifier one trains it and the others wait and load it; the training checkpoints into the
+    entry's ``in_progress/``, so a job stopped while training it is resumed by the next one.
     """
     if cfg.ckpt_path:
         return load(Path(cfg.ckpt_path), "ckpt_path", dm, backbone, "checkpoint")
     if not cfg.cache.classifier:
         if cfg.stage in NEEDS_TRAINED:
             raise InputError(f"stage={cfg.stage} needs a trained classifier: give ckpt_path=, or set cache.classifier=true")
-        return train(cfg, dm, backbone, run_dir, prototypes, features)
+        progress = TrainingProgress.plan(cfg, run_dir / "checkpoints" / "in_progress")
+        trained = train(cfg, dm, backbone, run_dir, prototypes, features, progress)
+        progress.discard()
+        return trained
     entry = Path(cfg.cache.dir) / "classifiers" / classifier_key(cfg, dm.content.key)
     cached = entry / "best.ckpt"
     with locked(entry, "classifier"):
         if cached.is_file():
             log.info("classifier: reusing %s, trained with the same config and data (cache.classifier=false retrains)", cached)
+            shutil.rmtree(entry / "in_progress", ignore_errors=True)  # left by a job stopped after publishing
             return load(cached, "cache", dm, backbone, "cache")
         for other, recorded in entries_on_other_data(entry):
             log.info(
@@ -149,9 +182,13 @@ def obtain(
                 f"stage={cfg.stage}: no classifier trained with this config and data in {entry}; "
                 f"run stage=train (or stage=all) first, or give ckpt_path="
             )
-        trained = train(cfg, dm, backbone, run_dir, prototypes, features)
-        publish_file(Path(trained.provenance.path), cached)
-        (entry / "training_config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(training_config(cfg))))
-        write_json(dm.content.parts, entry / "data.json")
-        log.info("classifier: cached as %s", cached)
+        progress = TrainingProgress.plan(cfg, entry / "in_progress")
+        trained = train(cfg, dm, backbone, run_dir, prototypes, features, progress)
+        if not secondary_process():  # a DDP job's first process publishes
+            publish_file(Path(trained.provenance.path), cached)
+            text = OmegaConf.to_yaml(OmegaConf.create(training_config(cfg)))
+            atomic_write(entry / "training_config.yaml", lambda tmp: tmp.write_text(text))
+            write_json(dm.content.parts, entry / "data.json")
+            log.info("classifier: cached as %s", cached)
+        progress.discard()
     return trained

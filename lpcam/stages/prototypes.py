@@ -143,14 +143,18 @@ def pooled_features(
             return FeaturePool.from_state_dict(torch_load(path, "feature cache entry"))
         pool = gathered_features(model, batches, num_classes, settings, progress)
         if rank == 0:
-            torch_save(pool.state_dict(), path)
+            with locked(path, "feature pool"):  # no collective inside: the other processes do not wait on it
+                torch_save(pool.state_dict(), path)
+                cache.evict(keep=path)
         return pool
     with locked(path, "feature pool"):
         if path.is_file():
             log.info("prototypes: features from the cache (%s)", path)
+            cache.touch(path)
             return FeaturePool.from_state_dict(torch_load(path, "feature cache entry"))
         pool = collect_features(model, batches, num_classes, settings, progress)
         torch_save(pool.state_dict(), path)
+        cache.evict(keep=path)
         return pool
 
 

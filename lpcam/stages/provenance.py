@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-Source = Literal["trained", "built", "cache", "checkpoint", "file"]
+Source = Literal["trained", "resumed", "built", "cache", "checkpoint", "file"]
 
 
 @dataclass(frozen=True)
 class Provenance:
-    """``source``: trained or built in this run, or read from the cache, a checkpoint or a file
+    """``source``: trained or built in this run (``resumed``: trained here from an interrupted
+    training's last checkpoint), or read from the cache, a checkpoint or a file
     the user gave; ``path``: the file it lives in (or was read from); ``seconds``: what producing
     it cost in this run, by step (empty when it was only read)."""
 
