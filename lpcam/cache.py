@@ -157,6 +157,14 @@ def publish_file(src: Path, dst: Path) -> Path:
     return atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
+def features_max_bytes(cfg: DictConfig) -> int | None:
+    """``cache.features_max_gb`` in bytes (None: no cap), refused in one line when impossible."""
+    cap = cfg.cache.get("features_max_gb")
+    if cap is not None and not (isinstance(cap, (int, float)) and not isinstance(cap, bool) and cap >= 0):
+        raise InputError(f"cache.features_max_gb={cap!r}: expected a size in GB >= 0, or null (no cap)")
+    return None if cap is None else int(cap * 1024**3)
+
+
 @dataclass(frozen=True)
 class FeatureCache:
     """Where the prototype feature pools of one dataset are shared by a sweep's jobs."""
@@ -171,10 +179,7 @@ class FeatureCache:
         of the dataset's content (called only when the cache is on)."""
         if not cfg.cache.features:
             return None
-        cap = cfg.cache.get("features_max_gb")
-        if cap is not None and not (isinstance(cap, (int, float)) and not isinstance(cap, bool) and cap >= 0):
-            raise InputError(f"cache.features_max_gb={cap!r}: expected a size in GB >= 0, or null (no cap)")
-        max_bytes = None if cap is None else int(cap * 1024**3)
+        max_bytes = features_max_bytes(cfg)
         dataset = training_config(cfg)["dataset"]
         for key in ("prototype_split", "images_per_class"):  # which images the pool is sampled from
             if cfg.dataset.get(key) is not None:

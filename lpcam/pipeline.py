@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lpcam import preemption
-from lpcam.cache import FeatureCache, weights_digest
+from lpcam.cache import FeatureCache, features_max_bytes, weights_digest
 from lpcam.cams.aggregation import AggregationRule, rule_name
 from lpcam.data.datamodule import SegmentationDataModule
 from lpcam.errors import InputError, input_error_in
@@ -198,7 +198,7 @@ def run(cfg: DictConfig) -> dict | None:
     if cfg.stage == "export" and not exporting.dir:
         raise InputError("stage=export: give export.dir=DIR (where the files go)")
     resume_setting(cfg)
-    features = FeatureCache.for_run(cfg)
+    features_max_bytes(cfg)
     aggregation = instantiate(cfg.lpcam.aggregation)
     check_export_method(exporting, aggregation, evaluation)
     run_dir = Path(cfg.run_dir)

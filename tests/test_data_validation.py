@@ -485,4 +485,4 @@ def test_bad_images_error_leaves_the_cache_keys_as_before_and_skip_changes_them(
     assert "bad_images" in default.dataset and "bad_images" not in training_config(default)["dataset"]
     skip = compose_config(["run_dir=/tmp/r", "dataset.bad_images=skip"])
     assert training_config(skip)["dataset"]["bad_images"] == "skip"
-    assert classifier_key(skip) != classifier_key(default)
+    assert classifier_key(skip, "data") != classifier_key(default, "data")
