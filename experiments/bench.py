@@ -74,6 +74,13 @@ def compose(overrides: list[str]):
 
 
 def peak_rss_mb() -> float:
+    """This process's peak resident memory: Linux's VmHWM (ru_maxrss would include the memory of
+    the parent the process was forked from, which Linux carries across exec)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -117,11 +117,12 @@ def test_a_budget_sets_the_cap_for_any_number_of_classes_and_feature_size():
 def test_storage_grows_with_what_was_sampled_not_with_the_cap():
     pool = FeaturePool(num_classes=2, dim=4, cap=10_000)
     pool.fg[1].add(torch.ones(3, 4))
-    assert pool.rows.shape[1] == 3 and pool.fg[1].rows.shape == (3, 4)
+    assert pool.capacity == 1024 and pool.fg[1].rows.shape == (3, 4)
     pool.fg[0].add(torch.ones(4, 4))
-    assert pool.rows.shape[1] == 6  # doubled
+    assert pool.capacity == 1024 and pool.nbytes == 4 * 1024 * (4 * 4 + 1)  # one block of 4 reservoirs
     pool.bg[0].add(torch.ones(20_000, 4))
-    assert pool.rows.shape[1] == 10_000 and pool.bg[0].seen == 20_000 and len(pool.fg[0].rows) == 4
+    assert pool.capacity == 10_000 and pool.bg[0].seen == 20_000 and len(pool.fg[0].rows) == 4
+    assert len(pool.bg[0].rows) == 10_000 and pool.fg[1].rows.shape == (3, 4)
 
 
 def test_feature_tags_from_mask_and_parts():

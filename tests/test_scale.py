@@ -84,7 +84,7 @@ def test_half_precision_pool_and_bf16_feature_pass_sample_the_same_positions(tin
         model, dm.prototype_dataloader(), dm.num_classes, prototype_settings(tiny("lpcam.feature_dtype=bfloat16")),
         progress=False,
     )  # fmt: skip
-    assert half.rows.dtype == torch.float16 and half.nbytes < 0.6 * full.nbytes
+    assert half.fg[0].rows.dtype == torch.float16 and half.nbytes < 0.6 * full.nbytes
     for c in range(dm.num_classes):
         # float16 storage: the same features, rounded
         assert torch.equal(half.fg[c].tags, full.fg[c].tags) and half.fg[c].seen == full.fg[c].seen

@@ -31,6 +31,8 @@ TAG_NAMES = {OFF_OBJECT: "off_object", DISCRIMINATIVE: "discriminative", SHARED:
 FG, BG = 0, 1  # the two sides of a class: reservoir 2c + side
 TAG_DTYPE = torch.int8  # one byte a sampled feature: tags are -1..3
 POOL_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+WRITE_ROWS = 8192  # kept features gathered and stored at a time (64 MB of 2048-d float32)
+BLOCK_ROWS = 1024  # slots a reservoir gains at a time
 
 
 def feature_tags(mask: Tensor, parts: Tensor, c: Tensor | int, ignore_index: int = 255) -> Tensor:
@@ -68,11 +70,11 @@ class Side:
 
     @property
     def rows(self) -> Tensor:
-        return self.pool.rows[self.index, : self.pool.filled(self.index)]
+        return self.pool.reservoir_rows(self.index)
 
     @property
     def tags(self) -> Tensor:
-        return self.pool.tags[self.index, : self.pool.filled(self.index)].long()
+        return self.pool.reservoir_tags(self.index).long()
 
     @property
     def seen(self) -> int:
@@ -93,14 +95,16 @@ class FeaturePool:
     """Per class, a foreground and a background reservoir (uniform samples of at most ``cap``
     features, stored in ``dtype``), plus counts for the halo diagnostic.
 
-    The reservoirs live in one (2C, capacity, D) tensor that grows, doubling, up to ``cap`` rows:
-    memory follows what was sampled, never beyond the cap."""
+    The reservoirs' slots live in blocks of ``BLOCK_ROWS`` slots of every reservoir, (2C, block,
+    D) tensors added as the fullest reservoir needs them: memory follows what was sampled, never
+    beyond the cap, and growing copies nothing (so the peak stays the pool's size)."""
 
     def __init__(self, num_classes: int, dim: int, cap: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> None:
         self.num_classes, self.dim, self.cap, self.dtype = num_classes, dim, cap, dtype
         self.generator = torch.Generator().manual_seed(seed)
-        self.rows = torch.empty(2 * num_classes, 0, dim, dtype=dtype)
-        self.tags = torch.empty(2 * num_classes, 0, dtype=TAG_DTYPE)
+        self.block = min(cap, BLOCK_ROWS)
+        self.row_blocks: list[Tensor] = []  # block b holds slots b·block … (b+1)·block − 1
+        self.tag_blocks: list[Tensor] = []
         self.seen = torch.zeros(2 * num_classes, dtype=torch.long)
         self.halo = torch.zeros(num_classes, dtype=torch.long)  # fg positions off the class's objects
         self.fg_known = torch.zeros(num_classes, dtype=torch.long)  # fg positions with known ground truth
@@ -117,9 +121,27 @@ class FeaturePool:
         return min(int(self.seen[index]), self.cap)
 
     @property
+    def capacity(self) -> int:
+        """Slots allocated a reservoir."""
+        return sum(b.shape[1] for b in self.row_blocks)
+
+    @property
     def nbytes(self) -> int:
         """Memory held by the samples (rows and tags, allocated capacity included)."""
-        return self.rows.numel() * self.rows.element_size() + self.tags.numel() * self.tags.element_size()
+        return sum(b.numel() * b.element_size() for b in (*self.row_blocks, *self.tag_blocks))
+
+    def reservoir_rows(self, index: int) -> Tensor:
+        """(filled, D) the sampled features of one reservoir."""
+        n = self.filled(index)
+        if not self.row_blocks:
+            return torch.empty(0, self.dim, dtype=self.dtype)
+        return torch.cat([b[index] for b in self.row_blocks])[:n]
+
+    def reservoir_tags(self, index: int) -> Tensor:
+        n = self.filled(index)
+        if not self.tag_blocks:
+            return torch.empty(0, dtype=TAG_DTYPE)
+        return torch.cat([b[index] for b in self.tag_blocks])[:n]
 
     def add(self, c: int, features: Tensor, is_fg: Tensor, tags: Tensor | None = None) -> None:
         """``features`` (D, h, w) of an image labelled ``c``; ``is_fg`` (h, w) its CAM > τ split;
@@ -169,21 +191,23 @@ class FeaturePool:
         last = torch.full((len(unique),), -1, dtype=torch.long).scatter_reduce(0, inverse, torch.arange(len(key)), "amax")
         winners = kept[last]
         self._reserve(int(torch.minimum(self.seen + counts, torch.tensor(self.cap)).max()))
-        where = winners.to(tags.device)
-        self.rows[reservoir[winners], slot[winners]] = rows_of(where).to(device="cpu", dtype=self.dtype)
-        self.tags[reservoir[winners], slot[winners]] = tags[where].to(device="cpu", dtype=TAG_DTYPE)
+        for start in range(0, len(winners), WRITE_ROWS):  # bounded temporaries, whatever the batch
+            part = winners[start : start + WRITE_ROWS]
+            rows = rows_of(part.to(tags.device)).to(device="cpu", dtype=self.dtype)
+            part_tags = tags[part.to(tags.device)].to(device="cpu", dtype=TAG_DTYPE)
+            block, offset = slot[part] // self.block, slot[part] % self.block
+            for b in torch.unique(block).tolist():
+                here = block == b
+                self.row_blocks[b][reservoir[part][here], offset[here]] = rows[here]
+                self.tag_blocks[b][reservoir[part][here], offset[here]] = part_tags[here]
         self.seen += counts
 
     def _reserve(self, needed: int) -> None:
-        """Grow the storage to hold ``needed`` rows a reservoir (doubling, at most ``cap``)."""
-        have = self.rows.shape[1]
-        if needed <= have:
-            return
-        size = min(self.cap, max(needed, 2 * have))
-        rows = torch.empty(len(self.seen), size, self.dim, dtype=self.dtype)
-        tags = torch.full((len(self.seen), size), IGNORED, dtype=TAG_DTYPE)
-        rows[:, :have], tags[:, :have] = self.rows, self.tags
-        self.rows, self.tags = rows, tags
+        """Add blocks until a reservoir has ``needed`` slots (never beyond ``cap``)."""
+        while (have := self.capacity) < min(needed, self.cap):
+            size = min(self.block, self.cap - have)  # the last block ends at the cap
+            self.row_blocks.append(torch.empty(len(self.seen), size, self.dim, dtype=self.dtype))
+            self.tag_blocks.append(torch.full((len(self.seen), size), IGNORED, dtype=TAG_DTYPE))
 
     def state_dict(self) -> dict:
         """What a later job needs to cluster this pool again (the feature cache stores it)."""
@@ -204,8 +228,10 @@ class FeaturePool:
         pool = cls(len(fg), dim, cap=state["cap"], dtype=buffers[0][0].dtype)
         pool._reserve(max(len(rows) for rows, _, _ in buffers))
         for index, (rows, tags, seen) in enumerate(buffers):
-            pool.rows[index, : len(rows)] = rows
-            pool.tags[index, : len(rows)] = tags.to(TAG_DTYPE)
+            for b, start in enumerate(range(0, len(rows), pool.block)):
+                part = slice(start, start + pool.block)
+                pool.row_blocks[b][index, : len(rows[part])] = rows[part]
+                pool.tag_blocks[b][index, : len(rows[part])] = tags[part].to(TAG_DTYPE)
             pool.seen[index] = seen
         pool.halo, pool.fg_known = state["halo"], state["fg_known"]
         return pool

@@ -84,7 +84,7 @@ def new_pool(num_classes: int, dim: int, settings: PrototypeSettings) -> Feature
     pool = FeaturePool(num_classes, dim, cap, settings.seed, dtype)
     log.info(
         "prototypes: at most %d features per class and side (%d classes, %d-d, %s): %.0f MB at most",
-        cap, num_classes, dim, settings.pool_dtype, 2 * num_classes * cap * (dim * pool.rows.element_size() + 1) / 2**20,
+        cap, num_classes, dim, settings.pool_dtype, 2 * num_classes * cap * (dim * torch.empty(0, dtype=dtype).element_size() + 1) / 2**20,
     )  # fmt: skip
     return pool
 
