@@ -185,10 +185,8 @@ class VOCSegmentation(Dataset):
         from the masks, each read once): what per-class image sampling draws from."""
         out: list[list[int]] = [[] for _ in self.class_names]
         for i in range(len(self)):
-            label = self.label(i, None) if self._labels is not None and self.ids[i] in self._labels else None
-            if label is None:
-                label = labels_from_mask(self.read_mask(i), self.num_classes)
-            for c in np.flatnonzero(label):
+            listed = self._labels is not None and self.ids[i] in self._labels
+            for c in np.flatnonzero(self.label(i, None if listed else self.read_mask(i))):
                 out[c].append(i)
         return out
 

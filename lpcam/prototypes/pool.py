@@ -48,14 +48,18 @@ def feature_tags(mask: Tensor, parts: Tensor, c: Tensor | int, ignore_index: int
     return tags.masked_fill(mask == ignore_index, IGNORED)
 
 
+def row_bytes(dim: int, dtype: torch.dtype) -> int:
+    """Bytes one sampled feature takes in a pool: its ``dim`` values and its tag."""
+    return dim * torch.empty(0, dtype=dtype).element_size() + torch.empty(0, dtype=TAG_DTYPE).element_size()
+
+
 def pool_cap(budget_mb: float | None, num_classes: int, dim: int, dtype: torch.dtype, limit: int | None) -> int:
     """Features kept per class and side so that all ``2 × num_classes`` reservoirs (rows and their
     one-byte tags) fit ``budget_mb``; at most ``limit`` when one is given (0 when the budget does
     not hold one feature a reservoir: the caller says which setting to raise)."""
     caps = [limit] if limit else []
     if budget_mb:
-        row_bytes = dim * torch.empty(0, dtype=dtype).element_size() + torch.empty(0, dtype=TAG_DTYPE).element_size()
-        caps.append(int(budget_mb * 2**20) // (2 * num_classes * row_bytes))
+        caps.append(int(budget_mb * 2**20) // (2 * num_classes * row_bytes(dim, dtype)))
     if not caps:
         raise ValueError("a feature pool needs a cap: a memory budget or a number of features per class")
     return min(caps)
@@ -132,16 +136,14 @@ class FeaturePool:
 
     def reservoir_rows(self, index: int) -> Tensor:
         """(filled, D) the sampled features of one reservoir."""
-        n = self.filled(index)
-        if not self.row_blocks:
-            return torch.empty(0, self.dim, dtype=self.dtype)
-        return torch.cat([b[index] for b in self.row_blocks])[:n]
+        return self._gather(self.row_blocks, index, torch.empty(0, self.dim, dtype=self.dtype))
 
     def reservoir_tags(self, index: int) -> Tensor:
-        n = self.filled(index)
-        if not self.tag_blocks:
-            return torch.empty(0, dtype=TAG_DTYPE)
-        return torch.cat([b[index] for b in self.tag_blocks])[:n]
+        """(filled,) the tags of those features."""
+        return self._gather(self.tag_blocks, index, torch.empty(0, dtype=TAG_DTYPE))
+
+    def _gather(self, blocks: list[Tensor], index: int, empty: Tensor) -> Tensor:
+        return torch.cat([b[index] for b in blocks])[: self.filled(index)] if blocks else empty
 
     def add(self, c: int, features: Tensor, is_fg: Tensor, tags: Tensor | None = None) -> None:
         """``features`` (D, h, w) of an image labelled ``c``; ``is_fg`` (h, w) its CAM > τ split;
@@ -193,8 +195,9 @@ class FeaturePool:
         self._reserve(int(torch.minimum(self.seen + counts, torch.tensor(self.cap)).max()))
         for start in range(0, len(winners), WRITE_ROWS):  # bounded temporaries, whatever the batch
             part = winners[start : start + WRITE_ROWS]
-            rows = rows_of(part.to(tags.device)).to(device="cpu", dtype=self.dtype)
-            part_tags = tags[part.to(tags.device)].to(device="cpu", dtype=TAG_DTYPE)
+            where = part.to(tags.device)
+            rows = rows_of(where).to(device="cpu", dtype=self.dtype)
+            part_tags = tags[where].to(device="cpu", dtype=TAG_DTYPE)
             block, offset = slot[part] // self.block, slot[part] % self.block
             for b in torch.unique(block).tolist():
                 here = block == b

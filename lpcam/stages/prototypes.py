@@ -26,7 +26,7 @@ from lpcam.cams.multiscale import multiscale_features
 from lpcam.errors import InputError
 from lpcam.models.classifier import Classifier
 from lpcam.prototypes.clustering import cluster_and_select
-from lpcam.prototypes.pool import POOL_DTYPES, FeaturePool, feature_tags, merge_pools, pool_cap
+from lpcam.prototypes.pool import POOL_DTYPES, FeaturePool, feature_tags, merge_pools, pool_cap, row_bytes
 from lpcam.prototypes.settings import PrototypeSettings
 from lpcam.prototypes.store import Prototypes
 from lpcam.safe_load import torch_load
@@ -84,7 +84,7 @@ def new_pool(num_classes: int, dim: int, settings: PrototypeSettings) -> Feature
     pool = FeaturePool(num_classes, dim, cap, settings.seed, dtype)
     log.info(
         "prototypes: at most %d features per class and side (%d classes, %d-d, %s): %.0f MB at most",
-        cap, num_classes, dim, settings.pool_dtype, 2 * num_classes * cap * (dim * torch.empty(0, dtype=dtype).element_size() + 1) / 2**20,
+        cap, num_classes, dim, settings.pool_dtype, 2 * num_classes * cap * row_bytes(dim, dtype) / 2**20,
     )  # fmt: skip
     return pool
 
