@@ -104,3 +104,35 @@ def test_the_whole_job_runs_under_ddp_with_two_processes(tmp_path):
     assert proc.stdout.count("lpcam_official") == 2  # both processes report the same, reduced numbers
     assert len(set(line for line in proc.stdout.splitlines() if line.startswith("lpcam_official"))) == 1
     assert len(list((tmp_path / "cache" / "classifiers").glob("*/best.ckpt"))) == 1
+
+
+def test_two_processes_score_a_trained_classifier_exactly_as_one(tmp_path):
+    """Given the same classifier, the prototype build (all features kept, so the merged pool is
+    one process's) and the evaluation under DDP give one process's numbers to the last digit, on an
+    evaluation split of odd size: no image is scored twice to even out the shards."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import TINY
+
+    root = Path(__file__).resolve().parents[1]
+    common = [*TINY, "dataset.generator.num_eval=15", "dataset.eval_batch_size=4", "logger=none",
+              f"data_dir={tmp_path / 'data'}"]  # fmt: skip
+
+    def run(name: str, *extra: str) -> Path:
+        cmd = [sys.executable, "-m", "lpcam.run", *common, f"cache.dir={tmp_path / name / 'cache'}",
+               f"hydra.run.dir={tmp_path / name}", *extra]  # fmt: skip
+        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=400)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return tmp_path / name
+
+    (ckpt,) = (run("train", "stage=train") / "cache" / "classifiers").glob("*/best.ckpt")
+    # lpcam.k=4, not TINY's 3: the checkpoint's prototypes are not reused, both runs build their own
+    one, two = (
+        json.loads((run(name, f"ckpt_path={ckpt}", "lpcam.k=4", *extra) / "results.json").read_text())
+        for name, extra in (("one", ()), ("two", ("trainer.devices=2", "trainer.strategy=ddp")))
+    )
+    assert one["provenance"]["prototypes"]["source"] == two["provenance"]["prototypes"]["source"] == "built"
+    assert one["methods"] == two["methods"]

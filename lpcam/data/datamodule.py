@@ -10,6 +10,8 @@ from typing import Sequence
 
 import pytorch_lightning as pl
 import numpy as np
+import torch.distributed as dist
+from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Subset
 
 from lpcam.data.checks import CheckCache, SplitCheck, check_classes, check_split, mode_counts, mode_summary
@@ -243,6 +245,14 @@ class SegmentationDataModule(pl.LightningDataModule):
         return self._loader(split, self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_split, self.eval_batch_size)
+        """The seed-evaluation split, in order. Under torch.distributed each process gets every
+        ``world``-th image and none twice: Lightning's default sampler pads the shards to equal
+        length by repeating images, which would count those images' pixels twice in the summed
+        confusions (measured: CAM 49.73 against 49.80 on 15 images over 2 processes)."""
+        loader = self._loader(self.eval_split, self.eval_batch_size)
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return loader
+        sampler = UnrepeatedDistributedSampler(loader.dataset, shuffle=False)
+        return DataLoader(loader.dataset, batch_size=self.eval_batch_size, sampler=sampler, num_workers=self.num_workers)
 
     predict_dataloader = test_dataloader
