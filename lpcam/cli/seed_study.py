@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Sequence
 
 
-def run_job(out: Path, dataset: str, seed: int, overrides: list[str], tag: str = "") -> dict:
-    """One run (skipped when its results.json exists, so an interrupted study resumes)."""
-    run_dir = out / f"{dataset}_seed{seed}{tag}"
+def run_job(out: Path, name: str, seed: int, overrides: list[str], tag: str = "") -> dict:
+    """One run in ``out/<name>_seed<seed><tag>`` (skipped when its results.json exists, so an
+    interrupted study resumes); ``overrides`` say which dataset."""
+    run_dir = out / f"{name}_seed{seed}{tag}"
     results = run_dir / "results.json"
     if not results.is_file():
-        cmd = [sys.executable, "-m", "lpcam.run", f"dataset={dataset}", f"seed={seed}", "logger=csv",
+        cmd = [sys.executable, "-m", "lpcam.run", f"seed={seed}", "logger=csv",
                f"hydra.run.dir={run_dir}", "trainer.enable_progress_bar=false", *overrides]  # fmt: skip
         print("$", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, check=True)
@@ -76,10 +77,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     for dataset in args.datasets:
         runs = []
         for seed in args.seeds:
-            base = run_job(args.out, dataset, seed, args.overrides)
+            base = run_job(args.out, dataset, seed, [f"dataset={dataset}", *args.overrides])
             ckpt = (args.out / f"{dataset}_seed{seed}" / "checkpoints" / "best.ckpt").resolve()
             for name, extra in variants.items():
-                more = run_job(args.out, dataset, seed, [*args.overrides, f"ckpt_path={ckpt}", *extra.split()], f"_{name}")
+                more = run_job(
+                    args.out, dataset, seed, [f"dataset={dataset}", *args.overrides, f"ckpt_path={ckpt}", *extra.split()], f"_{name}"
+                )
                 base["methods"].update({f"{name}:{m}": r for m, r in more["methods"].items() if m != "cam"})
             runs.append(base)
         report.append(f"### {dataset} ({len(runs)} seeds: {', '.join(map(str, args.seeds))})\n\n{table(runs)}\n")

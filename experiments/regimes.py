@@ -1,0 +1,126 @@
+"""Where do local prototypes help? Regimes (how the backbone was trained) × benchmarks × methods.
+
+    python experiments/regimes.py --seeds 0 1 2                       # the whole grid
+    python experiments/regimes.py --regimes scratch frozen --benchmarks parts one_body --seeds 0
+
+Each cell runs the job (``python -m lpcam.run``) once per seed in its own directory under
+``--out`` (a finished run is not run again, so an interrupted study resumes), then the study
+prints one markdown table — mean ± std over seeds of each method's best-threshold seed mIoU, its
+difference to CAM, and its recall of the objects' discriminative heads and shared bodies — and
+draws ``regimes.png``: for each cell, CAM's and LPCAM's body recall beside their mIoU.
+
+The paper's mechanism predicts a gain where (1) CAM under-covers a part because that part does
+not tell the classes apart, and (2) the backbone still represents the part, so its features form
+a prototype the classifier scores as the class. The README ("Where local prototypes help") states
+what each row should show if that holds, written before the runs, and the rows as measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+from typing import Sequence
+
+from lpcam.cli.seed_study import describe, run_job
+
+# How the backbone is trained. The pretrained ones read ImageNet weights from the installed
+# efficientnet-lite0 package (backbone.pretrained=true never downloads).
+REGIMES: dict[str, list[str]] = {
+    "scratch": [],  # the default: a small ResNet trained from scratch on the benchmark
+    "frozen": ["backbone=efficientnet_lite0", "backbone.pretrained=true", "model.freeze_backbone=true"],
+    "finetuned": ["backbone=efficientnet_lite0", "backbone.pretrained=true"],
+}
+
+# Benchmarks: a dataset config and the generator settings that differ from it.
+BENCHMARKS: dict[str, list[str]] = {
+    "parts": ["dataset=synthetic_parts"],  # heads tell the classes apart; bodies shared by pairs of classes
+    "control": ["dataset=synthetic_parts_control"],  # every class its own body: nothing for LPCAM to add
+    "digits": ["dataset=digits"],  # real handwriting, no designed parts
+    # every class shares one body texture: the body says nothing about the class, so a classifier
+    # has no reason to weight it and CAM should miss it, while any backbone still sees the texture
+    "one_body": ["dataset=synthetic_parts", "dataset.generator.group_size=6"],
+    # the same at twice the size: the bodies reach beyond the receptive field around the head
+    "one_body_192": ["dataset=synthetic_parts", "dataset.generator.group_size=6", "dataset.generator.image_size=192"],
+}
+
+METHODS = ("cam", "lpcam_official", "lpcam_fg_only", "lpcam_max")
+
+
+def run_cell(out: Path, regime: str, benchmark: str, seed: int, extra: Sequence[str]) -> dict:
+    """One (regime, benchmark, seed) job; run_job names it ``<regime>-<benchmark>_seed<seed>``."""
+    return run_job(out, f"{regime}-{benchmark}", seed, [*BENCHMARKS[benchmark], *REGIMES[regime], *extra])
+
+
+def rows(regime: str, benchmark: str, runs: list[dict]) -> list[str]:
+    """Markdown rows of one cell: a method per row, numbers over the seeds' runs."""
+    out = []
+    for m in METHODS:
+        if m not in runs[0]["methods"]:
+            continue
+        res = [r["methods"][m] for r in runs]
+        miou = [x["best"]["miou"] for x in res]
+        delta = [x["best"]["miou"] - r["methods"]["cam"]["best"]["miou"] for x, r in zip(res, runs)]
+        recall = {p: [(x.get("part_recall") or {}).get(p) for x in res] for p in ("discriminative", "shared")}
+        parts = [describe(v) if None not in v else "—" for v in recall.values()]
+        d = "—" if m == "cam" else describe(delta)
+        out.append(f"| {regime} | {benchmark} | {m} | {describe(miou)} | {d} | {parts[0]} | {parts[1]} |")
+    return out
+
+
+def figure(cells: dict[tuple[str, str], list[dict]], path: Path) -> None:
+    """Per cell: body recall and mIoU of CAM and official LPCAM (seed means), side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [f"{r}\n{b}" for r, b in cells]
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(cells) * 2), 4))
+    for ax, (key, label) in zip(axes, [("shared", "recall of the shared bodies (%)"), ("miou", "seed mIoU (%)")]):
+        for i, m in enumerate(("cam", "lpcam_official", "lpcam_max")):
+            vals = []
+            for runs in cells.values():
+                res = [r["methods"][m] for r in runs]
+                v = [x["best"]["miou"] if key == "miou" else (x.get("part_recall") or {}).get(key) for x in res]
+                vals.append(statistics.fmean(v) if None not in v else 0.0)
+            ax.bar([j + (i - 1) * 0.27 for j in range(len(cells))], vals, width=0.27, label=m)
+        ax.set_xticks(range(len(cells)), names, fontsize=8)
+        ax.set_ylabel(label)
+        ax.set_ylim(0, 100)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES))
+    parser.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS), choices=list(BENCHMARKS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=Path("outputs/regimes"))
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
+    args = parser.parse_args(argv)
+    cells: dict[tuple[str, str], list[dict]] = {}
+    for benchmark in args.benchmarks:
+        for regime in args.regimes:
+            cells[regime, benchmark] = [run_cell(args.out, regime, benchmark, s, args.overrides) for s in args.seeds]
+    lines = [
+        f"seeds: {', '.join(map(str, args.seeds))}; best-threshold seed mIoU, mean ± std (min–max)",
+        "",
+        "| regime | benchmark | method | seed mIoU | Δ vs CAM | recall: heads | recall: bodies |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (regime, benchmark), runs in cells.items():
+        lines += rows(regime, benchmark, runs)
+    text = "\n".join(lines)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "regimes.md").write_text(text + "\n")
+    figure(cells, args.out / "regimes.png")
+    print(f"wrote {args.out / 'regimes.md'} and {args.out / 'regimes.png'}")
+
+
+if __name__ == "__main__":
+    main()
