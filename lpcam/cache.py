@@ -51,8 +51,9 @@ NOT_TRAINING = {
 TRAINING_GROUPS = ("backbone", "model", "dataset", "trainer")
 # entries that change nothing at their default value, left out of the key then (so the keys of
 # caches made before they existed still hold): dataset.bad_images=error trains only on data with no
-# bad image, the same data as skip would
-DEFAULT_ONLY = {"dataset": {"bad_images": "error"}}
+# bad image, the same data as skip would; model.freeze_backbone=false is how every classifier was
+# trained before the setting existed (true is in the key: another classifier)
+DEFAULT_ONLY = {"dataset": {"bad_images": "error"}, "model": {"freeze_backbone": False}}
 
 
 def digest(obj: Any, length: int = 12) -> str:

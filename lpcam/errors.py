@@ -40,6 +40,10 @@ class MissingInput(InputError, FileNotFoundError):
     """A file named in the config does not exist."""
 
 
+class MissingDependency(InputError, ImportError):
+    """A setting needs an optional package that is not installed; the message names the pip command."""
+
+
 def input_error_in(err: BaseException) -> InputError | None:
     """The InputError behind ``err``, also when Hydra's ``instantiate`` wrapped it."""
     while err is not None:

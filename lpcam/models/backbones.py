@@ -29,6 +29,8 @@ class Backbone(nn.Module):
     ``mean`` and ``std`` (per RGB channel, for [0, 1] input) are the normalisation the body expects;
     they default to ImageNet's. They are kept as the (non-persistent) buffers ``mean`` and ``std``,
     and as plain tuples in :attr:`normalisation`, which says which one a backbone uses.
+    ``pretrained`` says whether the body was built with loaded weights (not random ones): the
+    frozen-backbone mode warns without them.
     """
 
     def __init__(
@@ -40,6 +42,7 @@ class Backbone(nn.Module):
         layer: str,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        pretrained: bool = False,
     ) -> None:
         super().__init__()
         mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
@@ -52,6 +55,7 @@ class Backbone(nn.Module):
         self.name = name
         self.layer = layer  # which activation the features are (recorded in the prototypes file)
         self.normalisation = {"mean": mean, "std": std}
+        self.pretrained = pretrained
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
@@ -92,7 +96,7 @@ def torchvision_resnet(
     if output_stride == 8:
         _set_stride_one(net.layer3)
     body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
-    return Backbone(body, net.fc.in_features, output_stride, arch, "layer4")
+    return Backbone(body, net.fc.in_features, output_stride, arch, "layer4", pretrained=bool(pretrained or weights))
 
 
 def _load_weights(arch: str, path: str | None) -> dict:

@@ -82,7 +82,7 @@ def timm_cnn(
     info = net.feature_info
     return Backbone(
         _LastFeatureMap(net), info.channels()[-1], info.reduction()[-1], model_name, info.module_name()[-1],
-        **_normalisation(net),
+        **_normalisation(net), pretrained=bool(pretrained or weights),
     )  # fmt: skip
 
 
@@ -109,4 +109,7 @@ def vit_tokens(
     """A ViT (DeiT-S by default, MCTformer's backbone) whose last-block patch tokens are the features."""
     net = _create(model_name, pretrained, weights, num_classes=0, dynamic_img_size=True, dynamic_img_pad=True)
     patch = net.patch_embed.patch_size[0]
-    return Backbone(_PatchTokenMap(net), net.num_features, patch, model_name, "blocks", **_normalisation(net))
+    return Backbone(
+        _PatchTokenMap(net), net.num_features, patch, model_name, "blocks", **_normalisation(net),
+        pretrained=bool(pretrained or weights),
+    )  # fmt: skip

@@ -22,6 +22,7 @@ from lpcam.cache import (
     FeatureCache, classifier_key, entries_on_other_data, locked, publish_file, secondary_process, training_config,
 )  # fmt: skip
 from lpcam.data.datamodule import SegmentationDataModule
+from lpcam.data.pooled import PooledFeatures
 from lpcam.errors import InputError, MissingInput
 from lpcam.loggers import stage_loggers
 from lpcam.models.backbones import Backbone
@@ -87,13 +88,14 @@ def train(
             dm.num_workers,
         )
     classifier = instantiate(cfg.model, backbone=backbone, num_classes=dm.num_classes)
+    data = training_data(classifier, dm, backbone, cfg.trainer.get("enable_progress_bar", True))
     # the best epoch by validation loss, first (trainer.checkpoint_callback); and every epoch's end
     # as last.ckpt, which a stopped training resumes from (Lightning's save_last saves only when
     # the best improves); without a validation split, the last epoch is the one kept
     checkpoints = [ModelCheckpoint(dirpath=progress.folder, filename="best", monitor="val/loss", mode="min")] if dm.val_split else []
     checkpoints.append(ModelCheckpoint(dirpath=progress.folder, filename="last", enable_version_counter=False))
     timer = TrainingTime()
-    builder = PrototypeCallback(run_dir / "prototypes.pt", prototypes, features) if prototypes is not None else None
+    builder = PrototypeCallback(run_dir / "prototypes.pt", prototypes, features, images=dm) if prototypes is not None else None
     callbacks = [*checkpoints, timer, TrainingRandomness(), *([builder] if builder else [])]
     with stage_loggers(cfg, "train") as loggers:
         trainer: pl.Trainer = instantiate(
@@ -101,7 +103,9 @@ def train(
         )
         with warnings.catch_warnings():  # resuming into the folder the checkpoints came from is the point
             warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-            trainer.fit(classifier, datamodule=dm, ckpt_path=progress.resume_from)
+            # a frozen backbone or frozen BatchNorm is in eval mode on purpose (Classifier.on_fit_start)
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+            trainer.fit(classifier, datamodule=data, ckpt_path=progress.resume_from)
         preemption.check()  # a stop signal after Lightning's last check: the training is resumable, not published
     path = run_dir / "checkpoints" / "best.ckpt"
     if trainer.is_global_zero:
@@ -109,12 +113,31 @@ def train(
     # the best epoch's weights, not the last's (the PrototypeCallback, when there is one, reloaded them already)
     classifier.load_state_dict(torch_load(trainer.checkpoint_callback.best_model_path, "checkpoint")["state_dict"])
     source = "resumed" if progress.resume_from else "trained"
+    seconds = timer.seconds + (data.seconds if isinstance(data, PooledFeatures) else 0.0)  # with the feature pass
     return ClassifierStage(
         classifier,
-        Provenance(source, str(path), {"train": timer.seconds}),
+        Provenance(source, str(path), {"train": seconds}),
         builder.prototypes if builder else None,
         builder.provenance if builder else None,
     )
+
+
+def training_data(
+    classifier: Classifier, dm: SegmentationDataModule, backbone: Backbone, progress: bool
+) -> SegmentationDataModule | PooledFeatures:
+    """What the classifier trains on: the images, or with ``model.freeze_backbone=true`` their
+    pooled features, computed once (:mod:`lpcam.data.pooled`; no augmentation). A frozen backbone
+    without loaded weights is allowed (random features are a baseline) but said."""
+    if not classifier.hparams.freeze_backbone:
+        return dm
+    if not backbone.pretrained:
+        log.warning(
+            "classifier: model.freeze_backbone=true on backbone %s without pre-trained weights: only the classifier "
+            "learns, on the features of a random network (set backbone.pretrained=true or backbone.weights=PATH)",
+            backbone.name,
+        )
+    log.info("classifier: frozen backbone: only the 1x1 classifier trains, on pooled features computed once (no augmentation)")
+    return PooledFeatures(dm, backbone, progress)
 
 
 def load(path: Path, field: str, dm: SegmentationDataModule, backbone: Backbone, source: str) -> ClassifierStage:

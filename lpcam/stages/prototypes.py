@@ -198,15 +198,23 @@ class PrototypeCallback(pl.Callback):
     """On fit end: reload the best checkpoint's weights, build the prototypes over the training
     split, save them to ``path`` and into the best checkpoint (so a checkpoint alone is enough to
     extract LPCAM later). What it built stays on the callback: ``prototypes`` and ``provenance``.
+    ``images`` is the datamodule of the images they come from, when the trainer's is not one (the
+    frozen-backbone mode trains on pooled features).
     """
 
     def __init__(
-        self, path: str | Path, settings: PrototypeSettings, cache: FeatureCache | None = None, progress: bool = True
+        self,
+        path: str | Path,
+        settings: PrototypeSettings,
+        cache: FeatureCache | None = None,
+        progress: bool = True,
+        images: pl.LightningDataModule | None = None,
     ) -> None:
         self.path = Path(path)
         self.settings = settings
         self.cache = cache
         self.progress = progress
+        self.images = images
         self.prototypes: Prototypes | None = None
         self.provenance: Provenance | None = None
 
@@ -214,7 +222,7 @@ class PrototypeCallback(pl.Callback):
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if best:
             pl_module.load_state_dict(torch_load(best, "checkpoint")["state_dict"])
-        dm = trainer.datamodule
+        dm = self.images if self.images is not None else trainer.datamodule
         protos, seconds = build_prototypes(
             pl_module, dm.prototype_dataloader(), dm.class_names, self.settings, dm.name, self.cache, self.progress,
             dm.prototype_selection(),
