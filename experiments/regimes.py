@@ -40,7 +40,10 @@ BENCHMARKS: dict[str, list[str]] = {
     # every class shares one body texture: the body says nothing about the class, so a classifier
     # has no reason to weight it and CAM should miss it, while any backbone still sees the texture
     "one_body": ["dataset=synthetic_parts", "dataset.generator.group_size=6"],
-    # the same at twice the size: the bodies reach beyond the receptive field around the head
+    # twice the size (objects scale with the image): what a pretrained backbone at output stride 16
+    # needs for more than a 6 × 6 feature grid, and bodies that reach beyond a head's receptive field
+    "parts_192": ["dataset=synthetic_parts", "dataset.generator.image_size=192"],
+    "control_192": ["dataset=synthetic_parts_control", "dataset.generator.image_size=192"],
     "one_body_192": ["dataset=synthetic_parts", "dataset.generator.group_size=6", "dataset.generator.image_size=192"],
 }
 
