@@ -56,7 +56,7 @@ def test_the_split_cam_follows_the_evaluations_views_and_later_choices_win():
 def test_the_preset_runs_on_the_tiny_job(tiny):
     results = run(tiny("lpcam=official_protocol"))
     settings = results["prototypes"]["settings"]
-    assert settings["split_resolution"] == "image" and settings["split_scales"] == [1.0, 0.5]  # TINY's scales
+    assert settings["split_resolution"] == "image" and tuple(settings["split_scales"]) == (1.0, 0.5)  # TINY's scales
     assert settings["kmeans_init"] == "random" and settings["kmeans_max_iter"] is None and settings["keep_best"] is False
     assert results["prototypes"]["images"]["split"] == "train"
     for method in ("cam", "lpcam_official", "lpcam_fg_only", "lpcam_max"):
