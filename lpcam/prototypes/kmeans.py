@@ -12,7 +12,8 @@ the procedure:
 * reproducible: k-means++ initialisation driven by a ``torch.Generator`` seeded from
   ``seed``, and deterministic tie-breaking everywhere;
 * bounded in time: at most ``max_iter`` Lloyd iterations, with a relative-shift
-  convergence test;
+  convergence test (by default; ``init="random"``, ``stop="total"``, ``max_iter=None``
+  give the official code's semantics, seeded);
 * bounded in memory: rows are processed in chunks of ``chunk_size``, so the extra memory
   is O(chunk_size * K) for distances (plus one chunk of converted rows) and O(K * D) for
   centres and their running sums; N x K x D is never formed and the input is never
