@@ -71,8 +71,9 @@ def test_settings_are_frozen_and_give_their_dicts():
     with pytest.raises(AttributeError):
         s.k = 3  # type: ignore[misc]
     assert s.sampling_dict() == {
-        "tau": 0.1, "max_features_per_class": 20000, "pool_memory_mb": 4096, "pool_dtype": "float32",
-        "feature_dtype": "float32", "seed": 0,
+        "tau": 0.1, "split_scales": (1.0,), "split_flip": True, "split_resolution": "feature_grid",
+        "max_features_per_class": 20000, "pool_memory_mb": 4096, "pool_dtype": "float32", "feature_dtype": "float32",
+        "seed": 0,
     }  # fmt: skip
     assert s.built(s.as_dict()) and not s.built({**s.as_dict(), "k": 5})
 

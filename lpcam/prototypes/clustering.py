@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from lpcam.prototypes.kmeans import kmeans
+from lpcam.prototypes.kmeans import KMeansResult, kmeans
 from lpcam.prototypes.pool import TAG_NAMES, FeaturePool
 from lpcam.prototypes.selection import select_prototypes
 from lpcam.prototypes.settings import PrototypeSettings
@@ -52,8 +52,8 @@ def cluster_and_select(
             context_scores.append(weights.new_zeros(0))
             stats[name] = {"no_foreground": True, "fg_pool": 0, "bg_pool": pool.bg[c].seen, "halo_share": None}
             continue
-        fg = kmeans(fg_rows, s.k, metric=s.kmeans_metric, max_iter=s.kmeans_max_iter, seed=s.seed)
-        bg = kmeans(bg_rows, s.k, metric=s.kmeans_metric, max_iter=s.kmeans_max_iter, seed=s.seed) if len(bg_rows) else None
+        fg = cluster(fg_rows, s)
+        bg = cluster(bg_rows, s) if len(bg_rows) else None
         bg_centres = bg.centres if bg is not None else weights.new_zeros(0, weights.shape[1])
         sel = select_prototypes(fg.centres, bg_centres, c, weights, s.mu_fg, s.mu_bg, s.context_min, s.score, s.keep_best)
         class_protos.append(fg.centres[sel.class_idx])
@@ -73,8 +73,17 @@ def cluster_and_select(
             "bg_scores": [round(float(v), 4) for v in sel.bg_scores],
             "fg_cluster_sizes": fg.counts.tolist(),
             "kmeans_converged": fg.converged and (bg is None or bg.converged),
+            "kmeans_iterations": [fg.iterations, bg.iterations if bg is not None else 0],
         }
     return Prototypes(class_protos, context_protos, {}, stats, class_scores, context_scores)
+
+
+def cluster(rows: Tensor, s: PrototypeSettings) -> KMeansResult:
+    """One side's k-means under the run's settings (K, metric, initialisation, stopping rule)."""
+    return kmeans(
+        rows, s.k, metric=s.kmeans_metric, max_iter=s.kmeans_max_iter, tol=s.kmeans_tol, seed=s.seed,
+        init=s.kmeans_init, stop=s.kmeans_stop,
+    )  # fmt: skip
 
 
 def _complement(idx: Tensor, n: int) -> Tensor:

@@ -12,7 +12,8 @@ the procedure:
 * reproducible: k-means++ initialisation driven by a ``torch.Generator`` seeded from
   ``seed``, and deterministic tie-breaking everywhere;
 * bounded in time: at most ``max_iter`` Lloyd iterations, with a relative-shift
-  convergence test;
+  convergence test (by default; ``init="random"``, ``stop="total"``, ``max_iter=None``
+  give the official code's semantics, seeded);
 * bounded in memory: rows are processed in chunks of ``chunk_size``, so the extra memory
   is O(chunk_size * K) for distances (plus one chunk of converted rows) and O(K * D) for
   centres and their running sums; N x K x D is never formed and the input is never
@@ -31,6 +32,8 @@ from torch import Tensor
 __all__ = ["KMeansResult", "kmeans"]
 
 Metric = Literal["cosine", "euclidean"]
+Init = Literal["kmeans++", "random"]
+Stop = Literal["relative", "total"]
 
 # Guards divisions by norms (zero feature vectors, zero centres).
 _EPS = 1e-12
@@ -59,10 +62,12 @@ def kmeans(
     k: int,
     *,
     metric: Metric = "cosine",
-    max_iter: int = 100,
+    max_iter: int | None = 100,
     tol: float = 1e-4,
     seed: int = 0,
     chunk_size: int = 8192,
+    init: Init = "kmeans++",
+    stop: Stop = "relative",
 ) -> KMeansResult:
     """Cluster the rows of ``x`` (N, D) into ``k`` centres.
 
@@ -77,12 +82,19 @@ def kmeans(
             ``"euclidean"`` uses squared L2 distance. Either way the update stores the
             plain mean of the raw (un-normalised) features, again as the official code
             does, so feature magnitude still shapes the prototypes.
-        max_iter: cap on Lloyd iterations (the official code has none).
-        tol: stop when ``max_j ||c_new_j - c_old_j|| / (||c_old_j|| + eps) < tol``.
-        seed: seeds the k-means++ initialisation. The official code draws random
-            initial centres; k-means++ converges in fewer iterations, gives better
-            optima, and with an explicit generator is bit-reproducible.
+        max_iter: cap on Lloyd iterations; None: no cap, as the official code (which
+            then never stops if the centres keep moving).
+        tol: the stopping threshold of ``stop``.
+        seed: seeds the initialisation. With an explicit generator either ``init`` is
+            bit-reproducible (the official code's is unseeded).
         chunk_size: rows processed at once; bounds extra memory to O(chunk_size * k).
+        init: ``"kmeans++"`` (D^2 seeding: fewer iterations, better optima) or
+            ``"random"``, k distinct rows drawn uniformly, as the official code
+            (kmeans_pytorch) does.
+        stop: ``"relative"`` stops when ``max_j ||c_new_j - c_old_j|| / (||c_old_j|| + eps)
+            < tol``, whatever the features' scale; ``"total"`` when
+            ``(sum_j ||c_new_j - c_old_j||)^2 < tol``, kmeans_pytorch's rule (the official
+            code passes tol=5), an absolute threshold that depends on the features' scale.
 
     Returns:
         A :class:`KMeansResult`.
@@ -90,7 +102,7 @@ def kmeans(
     Raises:
         ValueError: empty input, non-finite values, wrong shape or bad arguments.
     """
-    _validate(x, k, metric, max_iter, tol, chunk_size)
+    _validate(x, k, metric, max_iter, tol, chunk_size, init, stop)
     with torch.no_grad():
         x = x.detach()
         norms = _row_norms(x, chunk_size)
@@ -101,20 +113,27 @@ def kmeans(
         gen = torch.Generator(device="cpu").manual_seed(seed)
         x = _Rows(x, norms, chunk_size)
 
-        centres = _kmeans_plus_plus(x, k, metric, gen)
+        if init == "random":
+            centres = x.x[torch.randperm(n, generator=gen)[:k].to(x.device)].to(torch.float32)
+        else:
+            centres = _kmeans_plus_plus(x, k, metric, gen)
         converged = False
         iterations = 0
         labels = torch.empty(0)
         counts = torch.empty(0)
-        while iterations < max_iter:
+        while max_iter is None or iterations < max_iter:
             iterations += 1
             labels, dist, sums, counts = _assign(x, centres, metric)
             if bool((counts == 0).any()):
                 _reseed_empty(x, labels, dist, sums, counts)
             new = (sums / counts.unsqueeze(1).to(sums.dtype)).to(torch.float32)
-            shift = (new - centres).norm(dim=1) / (centres.norm(dim=1) + _EPS)
+            moved = (new - centres).norm(dim=1)
+            if stop == "total":
+                done = float(moved.sum()) ** 2 < tol
+            else:
+                done = float((moved / (centres.norm(dim=1) + _EPS)).max()) < tol
             centres = new
-            if float(shift.max()) < tol:
+            if done:
                 converged = True
                 break
 
@@ -132,7 +151,9 @@ def kmeans(
 # --------------------------------------------------------------------------- helpers
 
 
-def _validate(x: Tensor, k: int, metric: str, max_iter: int, tol: float, chunk_size: int) -> None:
+def _validate(
+    x: Tensor, k: int, metric: str, max_iter: int | None, tol: float, chunk_size: int, init: str, stop: str
+) -> None:
     """Reject inputs that would otherwise fail obscurely (or silently give NaN centres)."""
     if not isinstance(x, Tensor) or x.dim() != 2:
         raise ValueError(f"kmeans expects a 2-D (N, D) tensor, got {getattr(x, 'shape', type(x))}")
@@ -146,8 +167,12 @@ def _validate(x: Tensor, k: int, metric: str, max_iter: int, tol: float, chunk_s
         raise ValueError(f"k must be a positive int, got {k!r}")
     if metric not in ("cosine", "euclidean"):
         raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
+    if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1):
+        raise ValueError(f"max_iter must be a positive int or None (no cap), got {max_iter!r}")
+    if init not in ("kmeans++", "random"):
+        raise ValueError(f"init must be 'kmeans++' or 'random', got {init!r}")
+    if stop not in ("relative", "total"):
+        raise ValueError(f"stop must be 'relative' or 'total', got {stop!r}")
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol!r}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:

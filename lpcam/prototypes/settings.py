@@ -21,6 +21,9 @@ SCORES = ("softmax", "sigmoid")
 POOL_DTYPES = ("float32", "float16", "bfloat16")
 FEATURE_DTYPES = ("float32", "bfloat16")
 KMEANS_METRICS = ("cosine", "euclidean")
+KMEANS_INITS = ("kmeans++", "random")
+KMEANS_STOPS = ("relative", "total")
+SPLIT_RESOLUTIONS = ("feature_grid", "image")
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,10 @@ class PrototypeSettings:
 
     k: int = 12  # k-means centres per class, for foreground and background each
     tau: float = field(default=0.1, metadata=SAMPLING)  # CAM threshold: foreground / background features
+    # the CAM that splits them: its views (scales, each with its mirror image) and where it is thresholded
+    split_scales: tuple[float, ...] = field(default=(1.0,), metadata=SAMPLING)
+    split_flip: bool = field(default=True, metadata=SAMPLING)
+    split_resolution: str = field(default="feature_grid", metadata=SAMPLING)  # feature_grid | image (then nearest)
     mu_fg: float = 0.9  # foreground centre with score_c > mu_fg: class prototype
     mu_bg: float = 0.9  # background centre with context_min < score_c < mu_bg: context prototype
     context_min: float = 0.05
@@ -42,11 +49,15 @@ class PrototypeSettings:
     pool_dtype: str = field(default="float32", metadata=SAMPLING)  # how sampled features are stored
     feature_dtype: str = field(default="float32", metadata=SAMPLING)  # the feature pass: float32 | bfloat16 (autocast)
     kmeans_metric: str = "cosine"
-    kmeans_max_iter: int = 100
+    kmeans_init: str = "kmeans++"  # kmeans++ | random (official: distinct rows drawn uniformly)
+    kmeans_stop: str = "relative"  # relative: max centre shift / its norm < tol | total: (sum of shifts)^2 < tol (official)
+    kmeans_tol: float = 1e-4
+    kmeans_max_iter: int | None = 100  # None: no cap (official)
     seed: int = field(default=0, metadata=SAMPLING)
 
     def __post_init__(self) -> None:
         check_field_types(self, "lpcam")
+        object.__setattr__(self, "split_scales", tuple(self.split_scales))  # Hydra hands lists over
         for name, ok, expected in self._checks():
             if not ok:
                 raise InputError(f"lpcam.{name}={getattr(self, name)!r}: expected {expected}")
@@ -68,8 +79,15 @@ class PrototypeSettings:
              and self.pool_memory_mb > 0, "megabytes > 0 (null only with lpcam.max_features_per_class set)"),
             ("pool_dtype", self.pool_dtype in POOL_DTYPES, " or ".join(POOL_DTYPES)),
             ("feature_dtype", self.feature_dtype in FEATURE_DTYPES, " or ".join(FEATURE_DTYPES)),
+            ("split_scales", len(self.split_scales) > 0 and all(s > 0 for s in self.split_scales),
+             "a non-empty list of positive scales"),
+            ("split_resolution", self.split_resolution in SPLIT_RESOLUTIONS, " or ".join(SPLIT_RESOLUTIONS)),
             ("kmeans_metric", self.kmeans_metric in KMEANS_METRICS, " or ".join(KMEANS_METRICS)),
-            ("kmeans_max_iter", whole(self.kmeans_max_iter) and self.kmeans_max_iter >= 1, "a whole number ≥ 1"),
+            ("kmeans_init", self.kmeans_init in KMEANS_INITS, " or ".join(KMEANS_INITS)),
+            ("kmeans_stop", self.kmeans_stop in KMEANS_STOPS, " or ".join(KMEANS_STOPS)),
+            ("kmeans_tol", self.kmeans_tol >= 0, "a tolerance ≥ 0"),
+            ("kmeans_max_iter", self.kmeans_max_iter is None or whole(self.kmeans_max_iter) and self.kmeans_max_iter >= 1,
+             "a whole number ≥ 1, or null (no cap: the official code's, which never stops if the centres keep moving)"),
         ]  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:

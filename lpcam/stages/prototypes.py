@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
@@ -41,23 +42,19 @@ def collect_features(
 ) -> FeaturePool:
     """Split every training image's local features by its CAM for each labelled class.
 
-    As the official code: features of the full image at one scale; the class-c CAM resized to the
-    feature grid (here computed at that scale with its flip, on the same grid, which avoids a
-    second pass) marks foreground (> τ) and background (< τ) positions. The ground truth under
-    each position is kept as a tag, for diagnostics only (halo share, prototype composition).
+    As the official code: features of the full image at one scale, no flip; the class-c CAM on the
+    feature grid (:func:`split_cams`) marks foreground (> τ) and background (≤ τ; the official code
+    drops positions exactly at τ) positions. The ground
+    truth under each position is kept as a tag, for diagnostics only (halo share, prototype composition).
     Each batch is split, tagged and sampled whole (:meth:`FeaturePool.add_batch`).
     ``lpcam.feature_dtype=bfloat16`` runs the forward pass under autocast; the CAM, the split and
     the pool then work on its output in float32 (or ``lpcam.pool_dtype``).
     """
     pool: FeaturePool | None = None
-    weights = model.weights
-    device = weights.device
+    device = model.weights.device
     for batch in tqdm(batches, desc="prototypes: features", disable=not progress, leave=False):
         images = batch["image"].to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.feature_dtype == "bfloat16"):
-            views = [v.float() for v in multiscale_features(model.features, images, scales=(1.0,), flip=True)]
-        feats = views[0][0]  # the unflipped view
-        cams = cam_maps(views, weights, feats.shape[-2:])
+        feats, cams = split_cams(model, images, settings)
         if pool is None:
             pool = new_pool(num_classes, feats.shape[1], settings)
         grid = feats.shape[-2:]
@@ -70,6 +67,28 @@ def collect_features(
     if pool is None:
         raise ValueError("prototypes: the training split yielded no images")
     return pool
+
+
+def split_cams(model: Classifier, images: Tensor, settings: PrototypeSettings) -> tuple[Tensor, Tensor]:
+    """(B, D, h, w) features of the images at scale 1 (unflipped) and (B, C, h, w) the CAMs that
+    split them, each max-normalised, on the same grid.
+
+    The CAM sees ``lpcam.split_scales`` (each with its mirror image when ``split_flip``), merged as
+    the evaluation merges CAM's views. ``split_resolution``: ``feature_grid`` computes it on the
+    feature grid (the default: scale 1 with its flip, whose features the pool needs anyway, so no
+    second pass); ``image`` at the image's size, then resized (nearest) to the feature grid, as the
+    official code does with its multi-scale CAM (``high_res``). The pool's features reuse the scale-1
+    view when the CAM has one. ``lpcam.feature_dtype=bfloat16`` runs the forward passes under
+    autocast; the CAMs are computed from their output in float32.
+    """
+    scales = settings.split_scales
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=settings.feature_dtype == "bfloat16"):
+        views = [v.float() for v in multiscale_features(model.features, images, scales=scales, flip=settings.split_flip)]
+        feats = views[scales.index(1.0)][0] if 1.0 in scales else model.features(images).float()
+    grid = feats.shape[-2:]
+    if settings.split_resolution == "feature_grid":
+        return feats, cam_maps(views, model.weights, grid)
+    return feats, F.interpolate(cam_maps(views, model.weights, images.shape[-2:]), size=grid, mode="nearest")
 
 
 def new_pool(num_classes: int, dim: int, settings: PrototypeSettings) -> FeaturePool:
