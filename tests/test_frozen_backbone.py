@@ -4,6 +4,7 @@ result is a normal classifier checkpoint that the later stages use unchanged."""
 
 import logging
 
+import pytest
 import pytorch_lightning as pl
 import torch
 
@@ -31,6 +32,7 @@ def test_pooled_logits_are_the_image_logits():
         assert torch.equal(model.logits({"image": images}), model(images))
 
 
+@pytest.mark.filterwarnings("ignore:Found .* module.s. in eval mode")  # the frozen parts, on purpose
 def test_only_the_classifier_trains_and_the_backbone_stays_as_it_was(tiny):
     # a backbone with BatchNorm layers in train mode would move its running statistics: it must not
     dm = _tiny_data(tiny)
@@ -118,6 +120,7 @@ def test_freezing_a_backbone_without_pretrained_weights_is_allowed_but_said(tiny
     assert not caplog.text
 
 
+@pytest.mark.filterwarnings("ignore:Found .* module.s. in eval mode")  # the frozen parts, on purpose
 def test_freeze_bn_keeps_the_batchnorm_statistics_through_a_fit(tiny):
     # Lightning never calls train() in a fit, so the eval mode is set when the fit starts
     dm = _tiny_data(tiny)
