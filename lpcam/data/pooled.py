@@ -17,18 +17,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from lpcam.data.datamodule import SegmentationDataModule
-
-if TYPE_CHECKING:  # the data package does not import the models at run time
-    from lpcam.models.backbones import Backbone
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +45,7 @@ class PooledDataset(Dataset):
 
 
 @torch.no_grad()
-def pool_features(backbone: Backbone, loader: DataLoader, device: torch.device, desc: str, progress: bool = True) -> PooledDataset:
+def pool_features(backbone: nn.Module, loader: DataLoader, device: torch.device, desc: str, progress: bool = True) -> PooledDataset:
     """Every image's feature map averaged over positions (what the classifier's pooling gives),
     with its label; the backbone in eval mode, its training mode put back after."""
     was_training = backbone.training
@@ -74,7 +70,7 @@ class PooledFeatures(pl.LightningDataModule):
     ``seconds`` is the time the feature pass took (part of the classifier's training cost).
     """
 
-    def __init__(self, images: SegmentationDataModule, backbone: Backbone, progress: bool = True) -> None:
+    def __init__(self, images: SegmentationDataModule, backbone: nn.Module, progress: bool = True) -> None:
         super().__init__()
         self.images, self.backbone, self.progress = images, backbone, progress
         self.splits: dict[str, PooledDataset] = {}

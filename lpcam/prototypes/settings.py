@@ -91,8 +91,9 @@ class PrototypeSettings:
         ]  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:
-        """Every setting, as recorded in a prototypes file's ``meta``."""
-        return asdict(self)
+        """Every setting, as recorded in a prototypes file's ``meta``: JSON's types (lists, not
+        tuples), so the meta equals itself after a round trip through an export's manifest."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     def sampling_dict(self) -> dict[str, Any]:
         """The settings that decide which features the k-means sees (the feature-cache key)."""
