@@ -10,8 +10,9 @@ Sections (the README's "Scale" table is this script's output on the machine it n
   each on the same classifier, with its LPCAM mIoU; the feature pass against a plain forward pass.
 - voc: the VOC recipe's build/train ratio, estimated from timed steps of ResNet-50 at VOC's sizes
   (the printout says how).
-- kmeans: lpcam's k-means against scikit-learn's (same initialisation scheme, one restart, the
-  same iteration cap) and faiss's (when importable; given every point), inertia side by side.
+- kmeans: lpcam's k-means (its default k-means++ seeding, and scikit-learn's greedy one) against
+  scikit-learn's (one restart, the same iteration cap) and faiss's (when importable; given every
+  point), inertia side by side.
 - extraction: LPCAM against CAM on the same images and views, and both against the forward pass.
 - memory: peak memory of the build when the dataset grows 10×, and of a COCO-size pool.
 - thresholds: the evaluation's one pass over every threshold against a loop per threshold.
@@ -254,25 +255,27 @@ def section_kmeans(args) -> None:
             data = F.normalize(x, dim=1) if metric == "cosine" else x
             inertia = cosine_inertia if metric == "cosine" else euclidean_inertia
             t = time.perf_counter()
-            ours = kmeans(x, 12, metric=metric, seed=0, max_iter=100)
-            t_ours = time.perf_counter() - t
-            t = time.perf_counter()
             sk = KMeans(12, n_init=1, max_iter=100, random_state=0, algorithm="lloyd").fit(data.numpy())
             t_sk = time.perf_counter() - t
-            i_ours = inertia(x, ours.labels, ours.centres)
             i_sk = inertia(x, sk.labels_, sk.cluster_centers_)
-            row = [f"{n:,} × 512, {metric}", t_ours, ours.iterations, t_sk, sk.n_iter_, t_sk / t_ours, i_sk / i_ours - 1]
-            if faiss is not None:
-                km = faiss.Kmeans(512, 12, niter=ours.iterations, nredo=1, seed=1, spherical=metric == "cosine",
-                                  max_points_per_centroid=n, verbose=False)  # fmt: skip
+            for init in ("kmeans++", "greedy"):  # lpcam's default seeding, and scikit-learn's (greedy)
                 t = time.perf_counter()
-                km.train(data.numpy())
-                t_faiss = time.perf_counter() - t
-                _, labels = km.index.search(data.numpy(), 1)
-                row += [t_faiss, t_ours / t_faiss, inertia(x, labels[:, 0], km.centroids) / i_ours - 1]
-            else:
-                row += ["not installed", "", ""]
-            rows.append(row)
+                ours = kmeans(x, 12, metric=metric, seed=0, max_iter=100, init=init)
+                t_ours = time.perf_counter() - t
+                i_ours = inertia(x, ours.labels, ours.centres)
+                row = [f"{n:,} × 512, {metric}, lpcam init={init}", t_ours, ours.iterations, t_sk, sk.n_iter_,
+                       t_sk / t_ours, i_sk / i_ours - 1]  # fmt: skip
+                if faiss is not None:
+                    km = faiss.Kmeans(512, 12, niter=ours.iterations, nredo=1, seed=1, spherical=metric == "cosine",
+                                      max_points_per_centroid=n, verbose=False)  # fmt: skip
+                    t = time.perf_counter()
+                    km.train(data.numpy())
+                    t_faiss = time.perf_counter() - t
+                    _, labels = km.index.search(data.numpy(), 1)
+                    row += [t_faiss, t_ours / t_faiss, inertia(x, labels[:, 0], km.centroids) / i_ours - 1]
+                else:
+                    row += ["not installed", "", ""]
+                rows.append(row)
     table(
         "k-means, K = 12 (inertia: relative to lpcam's, by one formula)",
         ["rows", "lpcam s", "iters", "sklearn s", "iters", "sklearn / lpcam", "sklearn inertia Δ",

@@ -53,7 +53,9 @@ def test_export_writes_every_format_per_image_and_matches_the_in_memory_maps(tra
     batch = Batch(item["image"][None], item["label"][None], classifier.features, tuple(cfg.evaluation.scales), cfg.evaluation.flip)
     with torch.no_grad():
         expected = Lpcam(protos).maps(batch)[0, torch.as_tensor(keys)]
-    np.testing.assert_allclose(high_res, expected.numpy(), atol=1e-6)
+    # the export ran this image in a batch, this recomputes it alone: oneDNN's float32 kernels
+    # depend on the batch size (on an AVX2 CPU the two differ by up to 1.3e-6 on maps in [0, 1])
+    np.testing.assert_allclose(high_res, expected.numpy(), rtol=0, atol=1e-5)
     npz = np.load(out / f"{ids[0]}.npz", allow_pickle=False)
     np.testing.assert_array_equal(npz["high_res"], high_res)
     png = Image.open(out / f"{ids[0]}.png")

@@ -211,3 +211,45 @@ def test_other_dtypes_computed_in_float32(dtype):
 
 def _rows(x: torch.Tensor, chunk: int = 64) -> km._Rows:
     return km._Rows(x, km._row_norms(x, chunk), chunk)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_incremental_sums_equal_a_full_recount(metric):
+    # Sums updated by the moved rows only equal the sums recomputed from scratch (to float64
+    # rounding), and so give the same float32 centres.
+    x = torch.randn(3000, 16, generator=torch.Generator().manual_seed(0)).relu()
+    rows = _rows(x, chunk=500)
+    g = torch.Generator().manual_seed(1)
+    first = km._kmeans_plus_plus(rows, 6, metric, g)
+    labels, _, sums, counts = km._assign(rows, first, metric)
+    centres = (sums / counts.unsqueeze(1)).float()
+    moved_total = 0
+    for _ in range(4):
+        previous = labels.clone()
+        labels, _, sums, counts = km._assign(rows, centres, metric, previous, sums)
+        moved_total += int((labels != previous).sum())
+        full = torch.zeros_like(sums).index_add_(0, labels, x.double())
+        torch.testing.assert_close(sums, full, rtol=1e-12, atol=1e-9)
+        assert torch.equal(counts, torch.bincount(labels, minlength=6))
+        assert torch.equal((sums / counts.unsqueeze(1)).float(), (full / counts.unsqueeze(1)).float())
+        centres = (sums / counts.unsqueeze(1)).float()
+    assert moved_total > 0  # the updates were exercised
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_greedy_seeding_leaves_a_lower_potential(metric):
+    # scikit-learn's greedy k-means++: each centre the best of 2 + ln k draws, so the potential
+    # after seeding is lower on average than with one draw; reproducible; same k distinct points.
+    x = torch.cat([torch.randn(400, 8, generator=torch.Generator().manual_seed(s)) + 4 * s for s in range(8)])
+    rows = _rows(x, chunk=256)
+    plain, greedy = [], []
+    for seed in range(10):
+        for trials, out in ((1, plain), (4, greedy)):
+            c = km._kmeans_plus_plus(rows, 8, metric, torch.Generator().manual_seed(seed), trials)
+            out.append(float(km._dist_to_many(rows, c, metric).min(dim=1).values.double().sum()))
+            assert len({tuple(r.tolist()) for r in c}) == 8
+    assert sum(greedy) < sum(plain)
+    again = km._kmeans_plus_plus(rows, 8, metric, torch.Generator().manual_seed(3), 4)
+    assert torch.equal(again, km._kmeans_plus_plus(rows, 8, metric, torch.Generator().manual_seed(3), 4))
+    res = kmeans(x, 8, metric=metric, init="greedy", seed=0)
+    assert res.converged and (res.counts > 0).all()

@@ -31,7 +31,7 @@ def test_the_preset_states_the_official_protocol_and_nothing_else():
     default, official = compose_config([]), compose_config(["lpcam=official_protocol"])
     d, o = prototype_settings(default).as_dict(), prototype_settings(official).as_dict()
     assert {k: o[k] for k in o if o[k] != d[k]} == {
-        "split_scales": SCALES, "split_resolution": "image", "max_features_per_class": None,
+        "split_scales": list(SCALES), "split_resolution": "image", "max_features_per_class": None,  # as_dict: JSON's lists
         "kmeans_init": "random", "kmeans_stop": "total", "kmeans_tol": 5, "kmeans_max_iter": None, "keep_best": False,
     }  # fmt: skip
     assert o["split_flip"] is True and o["k"] == 12 and o["tau"] == 0.1  # as the default: VOC's official values
@@ -176,7 +176,7 @@ def test_no_iteration_cap_runs_to_convergence():
         ({"split_scales": 1.0}, r"lpcam.split_scales=1.0: expected a list of numbers"),
         ({"split_flip": "yes"}, r"lpcam.split_flip='yes': expected true or false"),
         ({"split_resolution": "pixels"}, r"lpcam.split_resolution='pixels': expected feature_grid or image"),
-        ({"kmeans_init": "k-means++"}, r"lpcam.kmeans_init='k-means\+\+': expected kmeans\+\+ or random"),
+        ({"kmeans_init": "k-means++"}, r"lpcam.kmeans_init='k-means\+\+': expected kmeans\+\+ or greedy or random"),
         ({"kmeans_stop": "shift"}, r"lpcam.kmeans_stop='shift': expected relative or total"),
         ({"kmeans_tol": -1}, r"lpcam.kmeans_tol=-1: expected a tolerance ≥ 0"),
         ({"kmeans_tol": "5"}, r"lpcam.kmeans_tol='5': expected a number"),

@@ -17,11 +17,15 @@ the procedure:
 * bounded in memory: rows are processed in chunks of ``chunk_size``, so the extra memory
   is O(chunk_size * K) for distances (plus one chunk of converted rows) and O(K * D) for
   centres and their running sums; N x K x D is never formed and the input is never
-  copied as a whole (float16/float64 inputs are converted to float32 chunk by chunk).
+  copied as a whole (float16/float64 inputs are converted to float32 chunk by chunk);
+* cheap per iteration: the float64 cluster sums are computed in full once, then updated by
+  the points that changed cluster only (after the first few iterations, a few percent), so
+  an iteration costs little more than its float32 distance product.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterator, Literal
 
@@ -32,7 +36,7 @@ from torch import Tensor
 __all__ = ["KMeansResult", "kmeans"]
 
 Metric = Literal["cosine", "euclidean"]
-Init = Literal["kmeans++", "random"]
+Init = Literal["kmeans++", "greedy", "random"]
 Stop = Literal["relative", "total"]
 
 # Guards divisions by norms (zero feature vectors, zero centres).
@@ -88,9 +92,11 @@ def kmeans(
         seed: seeds the initialisation. With an explicit generator either ``init`` is
             bit-reproducible (the official code's is unseeded).
         chunk_size: rows processed at once; bounds extra memory to O(chunk_size * k).
-        init: ``"kmeans++"`` (D^2 seeding: fewer iterations, better optima) or
-            ``"random"``, k distinct rows drawn uniformly, as the official code
-            (kmeans_pytorch) does.
+        init: ``"kmeans++"`` (D^2 seeding: fewer iterations, better optima),
+            ``"greedy"`` (greedy k-means++, scikit-learn's seeding: each centre the best of
+            ``2 + ln k`` D^2 draws, by the potential it leaves; fewer iterations still, and one
+            pass over the rows per centre as k-means++), or ``"random"``, k distinct rows drawn
+            uniformly, as the official code (kmeans_pytorch) does.
         stop: ``"relative"`` stops when ``max_j ||c_new_j - c_old_j|| / (||c_old_j|| + eps)
             < tol``, whatever the features' scale; ``"total"`` when
             ``(sum_j ||c_new_j - c_old_j||)^2 < tol``, kmeans_pytorch's rule (the official
@@ -116,14 +122,16 @@ def kmeans(
         if init == "random":
             centres = x.x[torch.randperm(n, generator=gen)[:k].to(x.device)].to(torch.float32)
         else:
-            centres = _kmeans_plus_plus(x, k, metric, gen)
+            trials = 2 + int(math.log(k)) if init == "greedy" else 1
+            centres = _kmeans_plus_plus(x, k, metric, gen, trials)
         converged = False
         iterations = 0
-        labels = torch.empty(0)
+        labels: Tensor | None = None
+        sums = torch.empty(0)
         counts = torch.empty(0)
         while max_iter is None or iterations < max_iter:
             iterations += 1
-            labels, dist, sums, counts = _assign(x, centres, metric)
+            labels, dist, sums, counts = _assign(x, centres, metric, labels, sums)
             if bool((counts == 0).any()):
                 _reseed_empty(x, labels, dist, sums, counts)
             new = (sums / counts.unsqueeze(1).to(sums.dtype)).to(torch.float32)
@@ -137,6 +145,7 @@ def kmeans(
                 converged = True
                 break
 
+        assert labels is not None  # at least one iteration ran (max_iter >= 1)
         inertia = _inertia(x, centres, labels, metric)
     return KMeansResult(
         centres=centres,
@@ -169,8 +178,8 @@ def _validate(
         raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
     if max_iter is not None and (isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1):
         raise ValueError(f"max_iter must be a positive int or None (no cap), got {max_iter!r}")
-    if init not in ("kmeans++", "random"):
-        raise ValueError(f"init must be 'kmeans++' or 'random', got {init!r}")
+    if init not in ("kmeans++", "greedy", "random"):
+        raise ValueError(f"init must be 'kmeans++', 'greedy' or 'random', got {init!r}")
     if stop not in ("relative", "total"):
         raise ValueError(f"stop must be 'relative' or 'total', got {stop!r}")
     if not tol >= 0:
@@ -227,11 +236,16 @@ def _chunk_dist(xc: Tensor, norms: Tensor, prepared: tuple[Tensor, Tensor | None
     return (norms.square().unsqueeze(1) - 2.0 * dots + c_sq.unsqueeze(0)).clamp_min_(0.0)
 
 
-def _assign(x: _Rows, centres: Tensor, metric: Metric) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _assign(
+    x: _Rows, centres: Tensor, metric: Metric, previous: Tensor | None = None, sums: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One pass: nearest centre per point, its distance, and per-cluster sums and counts.
 
-    A chunk's sums are one float64 matrix product (its one-hot labels by its rows), so the sums
-    are exact to float64 rounding and do not depend on ``chunk_size`` beyond last-bit effects.
+    Without ``previous`` labels, every row is added to its cluster's float64 sum (exact to float64
+    rounding). With them, ``sums`` (the float64 sums of those labels,
+    updated in place) change only by the rows whose label changed: each moves out of its old
+    cluster's sum and into its new one's, so an iteration that moves few points converts few rows
+    to float64. The two agree to float64 rounding, far below the float32 centres' last bit.
     Ties go to the lowest centre index.
     """
     n, d = x.shape
@@ -239,13 +253,24 @@ def _assign(x: _Rows, centres: Tensor, metric: Metric) -> tuple[Tensor, Tensor, 
     prepared = _prepare(centres, metric)
     labels = torch.empty(n, dtype=torch.long, device=x.device)
     dist = torch.empty(n, dtype=torch.float32, device=x.device)
-    sums = torch.zeros(k, d, dtype=torch.float64, device=x.device)
+    incremental = previous is not None and sums is not None
+    if not incremental:
+        sums = torch.zeros(k, d, dtype=torch.float64, device=x.device)
+    assert sums is not None
     for start, xc, norms in x.chunks():
         dmin, lab = _chunk_dist(xc, norms, prepared, metric).min(dim=1)
-        labels[start : start + xc.shape[0]] = lab
-        dist[start : start + xc.shape[0]] = dmin
-        rows = xc.to(torch.float64)
-        sums += F.one_hot(lab, k).to(torch.float64).T @ rows
+        stop = start + xc.shape[0]
+        labels[start:stop] = lab
+        dist[start:stop] = dmin
+        if incremental:
+            old = previous[start:stop]
+            moved = torch.nonzero(lab != old).flatten()
+            if len(moved):
+                rows = xc[moved].to(torch.float64)
+                sums.index_add_(0, lab[moved], rows)
+                sums.index_add_(0, old[moved], rows, alpha=-1)
+        else:
+            sums.index_add_(0, lab, xc.to(torch.float64))
     counts = torch.bincount(labels, minlength=k)
     return labels, dist, sums, counts
 
@@ -272,15 +297,17 @@ def _reseed_empty(x: Tensor, labels: Tensor, dist: Tensor, sums: Tensor, counts:
         dist[i] = 0.0  # now sits on its own centre; never picked twice
 
 
-def _kmeans_plus_plus(x: _Rows, k: int, metric: Metric, gen: torch.Generator) -> Tensor:
+def _kmeans_plus_plus(x: _Rows, k: int, metric: Metric, gen: torch.Generator, trials: int = 1) -> Tensor:
     """k-means++ seeding under ``metric``, driven only by the CPU generator ``gen``.
 
     Each new centre is a data point drawn with probability proportional to its distance
     to the nearest chosen centre. For cosine, ``1 - cos`` equals half the squared chord
-    between unit vectors, so this is the usual D^2 weighting on the sphere. Only an (N,)
-    running minimum is kept. If every remaining weight is zero (fewer distinct points
-    than k), a point is drawn uniformly; the resulting duplicate centre is then fixed by
-    empty-cluster re-seeding.
+    between unit vectors, so this is the usual D^2 weighting on the sphere. With ``trials``
+    > 1 (greedy k-means++, as scikit-learn), that many points are drawn and the one leaving
+    the smallest total distance (the potential) is kept; the distances to all trials come
+    from one pass over the rows. Only (N, trials) distances are kept. If every remaining
+    weight is zero (fewer distinct points than k), a point is drawn uniformly; the resulting
+    duplicate centre is then fixed by empty-cluster re-seeding.
     """
     n, d = x.shape
     centres = torch.empty(k, d, dtype=torch.float32, device=x.device)
@@ -289,18 +316,35 @@ def _kmeans_plus_plus(x: _Rows, k: int, metric: Metric, gen: torch.Generator) ->
     mind = _dist_to_one(x, centres[0:1], metric)
     for c in range(1, k):
         w = mind.to(device="cpu", dtype=torch.float64)
-        u = float(torch.rand((), generator=gen, dtype=torch.float64))
+        u = torch.rand(trials, generator=gen, dtype=torch.float64)
         cum = torch.cumsum(w, dim=0)
         total = float(cum[-1])
         if total > 0.0:
-            idx = int(torch.searchsorted(cum, torch.tensor([u * total], dtype=torch.float64), right=True))
+            picks = torch.searchsorted(cum, u * total, right=True)
             # Guard u * total rounding to the end: take the last point with positive weight.
-            idx = min(idx, int(torch.nonzero(w > 0).max()))
+            picks = picks.clamp_max(int(torch.nonzero(w > 0).max()))
         else:
-            idx = min(int(u * n), n - 1)
-        centres[c] = x[idx].to(torch.float32)
-        mind = torch.minimum(mind, _dist_to_one(x, centres[c : c + 1], metric))
+            picks = (u * n).long().clamp_max(n - 1)
+        if trials == 1:
+            idx = int(picks[0])
+            centres[c] = x[idx].to(torch.float32)
+            mind = torch.minimum(mind, _dist_to_one(x, centres[c : c + 1], metric))
+            continue
+        candidates = x[picks.to(x.device)].to(torch.float32)
+        left = torch.minimum(mind.unsqueeze(1), _dist_to_many(x, candidates, metric))  # (N, trials)
+        best = int(left.to(torch.float64).sum(dim=0).argmin())  # the first of equal potentials
+        centres[c] = candidates[best]
+        mind = left[:, best].contiguous()
     return centres
+
+
+def _dist_to_many(x: _Rows, centres: Tensor, metric: Metric) -> Tensor:
+    """(N, m) distances from every point to each of ``m`` centres, in one pass over the rows."""
+    prepared = _prepare(centres, metric)
+    out = torch.empty(x.shape[0], centres.shape[0], dtype=torch.float32, device=x.device)
+    for start, xc, norms in x.chunks():
+        out[start : start + xc.shape[0]] = _chunk_dist(xc, norms, prepared, metric)
+    return out
 
 
 def _dist_to_one(x: _Rows, centre: Tensor, metric: Metric) -> Tensor:

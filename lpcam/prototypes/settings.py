@@ -21,7 +21,7 @@ SCORES = ("softmax", "sigmoid")
 POOL_DTYPES = ("float32", "float16", "bfloat16")
 FEATURE_DTYPES = ("float32", "bfloat16")
 KMEANS_METRICS = ("cosine", "euclidean")
-KMEANS_INITS = ("kmeans++", "random")
+KMEANS_INITS = ("kmeans++", "greedy", "random")
 KMEANS_STOPS = ("relative", "total")
 SPLIT_RESOLUTIONS = ("feature_grid", "image")
 
@@ -49,7 +49,7 @@ class PrototypeSettings:
     pool_dtype: str = field(default="float32", metadata=SAMPLING)  # how sampled features are stored
     feature_dtype: str = field(default="float32", metadata=SAMPLING)  # the feature pass: float32 | bfloat16 (autocast)
     kmeans_metric: str = "cosine"
-    kmeans_init: str = "kmeans++"  # kmeans++ | random (official: distinct rows drawn uniformly)
+    kmeans_init: str = "kmeans++"  # kmeans++ | greedy (scikit-learn's) | random (official: distinct rows drawn uniformly)
     kmeans_stop: str = "relative"  # relative: max centre shift / its norm < tol | total: (sum of shifts)^2 < tol (official)
     kmeans_tol: float = 1e-4
     kmeans_max_iter: int | None = 100  # None: no cap (official)
