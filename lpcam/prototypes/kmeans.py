@@ -348,7 +348,9 @@ def _dist_to_many(x: _Rows, centres: Tensor, metric: Metric) -> Tensor:
 
 
 def _dist_to_one(x: _Rows, centre: Tensor, metric: Metric) -> Tensor:
-    """(N,) distances from every point to a single (1, D) centre."""
+    """(N,) distances from every point to a single (1, D) centre (a matrix-vector product: kept apart
+    from :func:`_dist_to_many`, whose matrix product may round differently, so that k-means++ seeds
+    exactly as it always has)."""
     prepared = _prepare(centre, metric)
     out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
     for start, xc, norms in x.chunks():
