@@ -242,10 +242,11 @@ def _assign(
     """One pass: nearest centre per point, its distance, and per-cluster sums and counts.
 
     Without ``previous`` labels, every row is added to its cluster's float64 sum (exact to float64
-    rounding). With them, ``sums`` (the float64 sums of those labels,
-    updated in place) change only by the rows whose label changed: each moves out of its old
-    cluster's sum and into its new one's, so an iteration that moves few points converts few rows
-    to float64. The two agree to float64 rounding, far below the float32 centres' last bit.
+    rounding). With them, ``sums`` (the float64 sums of those labels, updated in place) change only
+    by the rows whose label changed: each moves out of its old cluster's sum and into its new one's,
+    so an iteration that moves few points converts few rows to float64. The two agree to float64
+    rounding, far below the float32 centres' last bit (the default job's prototypes are
+    bit-identical either way).
     Ties go to the lowest centre index.
     """
     n, d = x.shape
