@@ -314,7 +314,7 @@ def _kmeans_plus_plus(x: _Rows, k: int, metric: Metric, gen: torch.Generator, tr
     centres = torch.empty(k, d, dtype=torch.float32, device=x.device)
     idx = int(torch.randint(n, (1,), generator=gen))
     centres[0] = x[idx].to(torch.float32)
-    mind = _dist_to_one(x, centres[0:1], metric)
+    mind = _dist_to_many(x, centres[0:1], metric)[:, 0]
     for c in range(1, k):
         w = mind.to(device="cpu", dtype=torch.float64)
         u = torch.rand(trials, generator=gen, dtype=torch.float64)
@@ -326,14 +326,9 @@ def _kmeans_plus_plus(x: _Rows, k: int, metric: Metric, gen: torch.Generator, tr
             picks = picks.clamp_max(int(torch.nonzero(w > 0).max()))
         else:
             picks = (u * n).long().clamp_max(n - 1)
-        if trials == 1:
-            idx = int(picks[0])
-            centres[c] = x[idx].to(torch.float32)
-            mind = torch.minimum(mind, _dist_to_one(x, centres[c : c + 1], metric))
-            continue
         candidates = x[picks.to(x.device)].to(torch.float32)
         left = torch.minimum(mind.unsqueeze(1), _dist_to_many(x, candidates, metric))  # (N, trials)
-        best = int(left.to(torch.float64).sum(dim=0).argmin())  # the first of equal potentials
+        best = int(left.to(torch.float64).sum(dim=0).argmin()) if trials > 1 else 0  # the first of equal potentials
         centres[c] = candidates[best]
         mind = left[:, best].contiguous()
     return centres
@@ -345,17 +340,6 @@ def _dist_to_many(x: _Rows, centres: Tensor, metric: Metric) -> Tensor:
     out = torch.empty(x.shape[0], centres.shape[0], dtype=torch.float32, device=x.device)
     for start, xc, norms in x.chunks():
         out[start : start + xc.shape[0]] = _chunk_dist(xc, norms, prepared, metric)
-    return out
-
-
-def _dist_to_one(x: _Rows, centre: Tensor, metric: Metric) -> Tensor:
-    """(N,) distances from every point to a single (1, D) centre (a matrix-vector product: kept apart
-    from :func:`_dist_to_many`, whose matrix product may round differently, so that k-means++ seeds
-    exactly as it always has)."""
-    prepared = _prepare(centre, metric)
-    out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
-    for start, xc, norms in x.chunks():
-        out[start : start + xc.shape[0]] = _chunk_dist(xc, norms, prepared, metric)[:, 0]
     return out
 
 
