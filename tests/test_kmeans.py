@@ -253,3 +253,56 @@ def test_greedy_seeding_leaves_a_lower_potential(metric):
     assert torch.equal(again, km._kmeans_plus_plus(rows, 8, metric, torch.Generator().manual_seed(3), 4))
     res = kmeans(x, 8, metric=metric, init="greedy", seed=0)
     assert res.converged and (res.counts > 0).all()
+
+
+def test_init_sample_seeds_on_a_uniform_sample_and_lloyd_sees_every_row(monkeypatch):
+    # The seeding gets init_sample distinct rows of x (drawn with the seed, reproducibly); the
+    # Lloyd iterations still assign every row, so the blobs are recovered exactly.
+    x, truth, _ = _blobs(n_per=200, seed=7)
+    seen: list[torch.Tensor] = []
+    real = km._kmeans_plus_plus
+
+    def spy(rows, k, metric, gen, trials=1):
+        seen.append(rows.x.clone())
+        return real(rows, k, metric, gen, trials)
+
+    monkeypatch.setattr(km, "_kmeans_plus_plus", spy)
+    for init in ("kmeans++", "greedy"):
+        res = kmeans(x, 3, init=init, init_sample=50, seed=1)
+        _match(res, truth, 3)
+        assert res.labels.shape == (600,)
+        again = kmeans(x, 3, init=init, init_sample=50, seed=1)
+        assert torch.equal(res.centres, again.centres) and torch.equal(res.labels, again.labels)
+    sample = seen[0]
+    assert sample.shape == (50, 8)
+    as_rows = {tuple(r.tolist()) for r in x}
+    assert len({tuple(r.tolist()) for r in sample}) == 50 and all(tuple(r.tolist()) in as_rows for r in sample)
+    assert torch.equal(seen[0], seen[1])  # the same seed draws the same sample
+    kmeans(x, 3, init_sample=50, seed=2)
+    assert not torch.equal(seen[-1], seen[0])  # another seed, another sample
+
+
+def test_init_sample_of_every_row_changes_nothing():
+    x = torch.randn(500, 16, generator=torch.Generator().manual_seed(3)).relu()
+    for init in ("kmeans++", "greedy"):
+        plain = kmeans(x, 5, init=init, seed=4)
+        for sample in (500, 10_000):
+            same = kmeans(x, 5, init=init, seed=4, init_sample=sample)
+            assert torch.equal(plain.centres, same.centres) and torch.equal(plain.labels, same.labels)
+    with pytest.raises(ValueError, match="init_sample must be a whole number of rows >= k"):
+        kmeans(x, 5, init_sample=4)
+    with pytest.raises(ValueError, match="init_sample"):
+        kmeans(x, 5, init_sample=True)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_reused_conversion_buffers_give_the_float32_result(dtype):
+    # Chunks of a float16/float64 input are converted into one reused float32 buffer, and rows into
+    # one reused float64 buffer for the sums: with many chunks (the last one shorter), the result
+    # equals clustering the converted input itself, whose chunks need no conversion.
+    xd = (torch.randn(2050, 24, generator=torch.Generator().manual_seed(5)) * 3).relu().to(dtype)
+    for metric in ("cosine", "euclidean"):
+        a = kmeans(xd, 7, metric=metric, chunk_size=256, seed=0)
+        b = kmeans(xd.to(torch.float32), 7, metric=metric, chunk_size=256, seed=0)
+        assert torch.equal(a.centres, b.centres) and torch.equal(a.labels, b.labels)
+        assert a.iterations == b.iterations > 1 and a.inertia == b.inertia

@@ -129,5 +129,10 @@ def test_a_class_without_prototypes_gets_an_empty_map_not_nans():
     weights = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     protos = cluster_and_select(pool, weights, ["a", "b"], PrototypeSettings(k=1), progress=False)
     assert len(protos.class_protos[1]) == 0 and len(protos.context_protos[1]) == 0 and protos.stats["b"]["no_foreground"]
-    maps = lpcam_maps([torch.rand(1, 1, 2, 3, 3)], protos, size=(3, 3))
+    # Class 0 keeps (1, 0) as its prototype and (0.9, 0.1) as context: its map is positive only where
+    # a feature points closer to the first, so one position is set there (random features alone
+    # would leave it all zero about three times in four, the outcome then hanging on the global RNG).
+    view = torch.rand(1, 1, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+    view[0, 0, :, 1, 1] = torch.tensor([2.0, 0.0])
+    maps = lpcam_maps([view], protos, size=(3, 3))
     assert torch.isfinite(maps).all() and maps[0, 1].abs().sum() == 0 and maps[0, 0].max() > 0

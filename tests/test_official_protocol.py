@@ -181,6 +181,8 @@ def test_no_iteration_cap_runs_to_convergence():
         ({"kmeans_tol": -1}, r"lpcam.kmeans_tol=-1: expected a tolerance ≥ 0"),
         ({"kmeans_tol": "5"}, r"lpcam.kmeans_tol='5': expected a number"),
         ({"kmeans_max_iter": 0}, r"lpcam.kmeans_max_iter=0: expected a whole number ≥ 1, or null"),
+        ({"kmeans_init_sample": 5}, r"lpcam.kmeans_init_sample=5: expected a whole number of rows, at least lpcam.k"),
+        ({"kmeans_init_sample": 3072.5}, r"lpcam.kmeans_init_sample=3072.5: expected"),
     ],
 )
 def test_the_new_settings_name_the_field_and_the_range(kwargs, message):
@@ -194,5 +196,6 @@ def test_the_split_settings_reach_the_feature_cache_key_and_lists_become_tuples(
     for change in ({"split_scales": (1.0,)}, {"split_flip": False}, {"split_resolution": "image"}):
         assert PrototypeSettings(**{**s.as_dict(), **change}).sampling_dict() != s.sampling_dict()
     # the k-means settings do not change the sampled features: jobs differing only there share a pool
-    other = PrototypeSettings(**{**s.as_dict(), "kmeans_init": "random", "kmeans_stop": "total", "kmeans_tol": 5.0})
+    other = PrototypeSettings(**{**s.as_dict(), "kmeans_init": "random", "kmeans_stop": "total", "kmeans_tol": 5.0,
+                                 "kmeans_init_sample": 3072})  # fmt: skip
     assert other.sampling_dict() == s.sampling_dict()

@@ -82,7 +82,7 @@ def cluster(rows: Tensor, s: PrototypeSettings) -> KMeansResult:
     """One side's k-means under the run's settings (K, metric, initialisation, stopping rule)."""
     return kmeans(
         rows, s.k, metric=s.kmeans_metric, max_iter=s.kmeans_max_iter, tol=s.kmeans_tol, seed=s.seed,
-        init=s.kmeans_init, stop=s.kmeans_stop,
+        init=s.kmeans_init, stop=s.kmeans_stop, init_sample=s.kmeans_init_sample,
     )  # fmt: skip
 
 

@@ -72,6 +72,7 @@ def kmeans(
     chunk_size: int = 8192,
     init: Init = "kmeans++",
     stop: Stop = "relative",
+    init_sample: int | None = None,
 ) -> KMeansResult:
     """Cluster the rows of ``x`` (N, D) into ``k`` centres.
 
@@ -101,6 +102,11 @@ def kmeans(
             < tol``, whatever the features' scale; ``"total"`` when
             ``(sum_j ||c_new_j - c_old_j||)^2 < tol``, kmeans_pytorch's rule (the official
             code passes tol=5), an absolute threshold that depends on the features' scale.
+        init_sample: seed ``"kmeans++"`` or ``"greedy"`` on a uniform sample of this many rows
+            (drawn with ``seed``) instead of all of them; the Lloyd iterations still see every
+            row. The seeding is one pass over its rows per centre, a third of the run at
+            50,000 rows; on a sample it costs next to nothing, as in faiss (which trains on 256
+            rows per centre) and scikit-learn's MiniBatchKMeans. None (the default): every row.
 
     Returns:
         A :class:`KMeansResult`.
@@ -108,7 +114,7 @@ def kmeans(
     Raises:
         ValueError: empty input, non-finite values, wrong shape or bad arguments.
     """
-    _validate(x, k, metric, max_iter, tol, chunk_size, init, stop)
+    _validate(x, k, metric, max_iter, tol, chunk_size, init, stop, init_sample)
     with torch.no_grad():
         x = x.detach()
         norms = _row_norms(x, chunk_size)
@@ -123,7 +129,11 @@ def kmeans(
             centres = x.x[torch.randperm(n, generator=gen)[:k].to(x.device)].to(torch.float32)
         else:
             trials = 2 + int(math.log(k)) if init == "greedy" else 1
-            centres = _kmeans_plus_plus(x, k, metric, gen, trials)
+            seeds = x
+            if init_sample is not None and init_sample < n:
+                pick = torch.randperm(n, generator=gen)[:init_sample].sort().values.to(x.device)
+                seeds = _Rows(x.x[pick], norms[pick], chunk_size)
+            centres = _kmeans_plus_plus(seeds, k, metric, gen, trials)
         converged = False
         iterations = 0
         labels: Tensor | None = None
@@ -161,7 +171,8 @@ def kmeans(
 
 
 def _validate(
-    x: Tensor, k: int, metric: str, max_iter: int | None, tol: float, chunk_size: int, init: str, stop: str
+    x: Tensor, k: int, metric: str, max_iter: int | None, tol: float, chunk_size: int, init: str, stop: str,
+    init_sample: int | None,
 ) -> None:
     """Reject inputs that would otherwise fail obscurely (or silently give NaN centres)."""
     if not isinstance(x, Tensor) or x.dim() != 2:
@@ -186,23 +197,46 @@ def _validate(
         raise ValueError(f"tol must be >= 0, got {tol!r}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if init_sample is not None and (isinstance(init_sample, bool) or not isinstance(init_sample, int) or init_sample < k):
+        raise ValueError(f"init_sample must be a whole number of rows >= k ({k}) or None (every row), got {init_sample!r}")
 
 
 class _Rows:
     """The input with its row norms, computed once, walked in chunks of float32 rows: every pass
-    (seeding, assignment, inertia) reuses the norms instead of recomputing them from the rows."""
+    (seeding, assignment, inertia) reuses the norms instead of recomputing them from the rows.
+
+    Conversions (float16/float64 inputs to float32 chunks, rows to float64 for the cluster sums)
+    go into buffers allocated once and reused: a fresh chunk-sized tensor per chunk is a fresh
+    mapping of tens of MB, and faulting its pages in cost several times the conversion itself
+    (6.5 ms against 1 ms for 8192 x 512 rows to float64). A chunk from :meth:`chunks` and a
+    view from :meth:`to_float64` are therefore valid only until the next call.
+    """
 
     def __init__(self, x: Tensor, norms: Tensor, chunk_size: int) -> None:
         self.x, self.norms, self.chunk_size = x, norms, chunk_size
         self.shape, self.device = x.shape, x.device
+        self._f32: Tensor | None = None
+        self._f64: Tensor | None = None
 
-    def __getitem__(self, i: int) -> Tensor:
+    def __getitem__(self, i: int | Tensor) -> Tensor:
         return self.x[i]
 
     def chunks(self) -> Iterator[tuple[int, Tensor, Tensor]]:
         """(start, float32 rows, their norms): only one chunk is ever converted at a time."""
-        for start, xc in _chunks(self.x, self.chunk_size):
+        for start in range(0, self.shape[0], self.chunk_size):
+            xc = self.x[start : start + self.chunk_size]
+            if xc.dtype != torch.float32:
+                if self._f32 is None:
+                    self._f32 = torch.empty(min(self.chunk_size, self.shape[0]), self.shape[1], device=self.device)
+                xc = self._f32[: xc.shape[0]].copy_(xc)
             yield start, xc, self.norms[start : start + xc.shape[0]]
+
+    def to_float64(self, rows: Tensor) -> Tensor:
+        """``rows`` (at most a chunk of them) converted to float64 in the reused buffer."""
+        if self._f64 is None:
+            size = min(self.chunk_size, self.shape[0])
+            self._f64 = torch.empty(size, self.shape[1], dtype=torch.float64, device=self.device)
+        return self._f64[: rows.shape[0]].copy_(rows)
 
 
 def _chunks(x: Tensor, chunk_size: int) -> Iterator[tuple[int, Tensor]]:
@@ -267,16 +301,16 @@ def _assign(
             old = previous[start:stop]
             moved = torch.nonzero(lab != old).flatten()
             if len(moved):
-                rows = xc[moved].to(torch.float64)
+                rows = x.to_float64(xc[moved])
                 sums.index_add_(0, lab[moved], rows)
                 sums.index_add_(0, old[moved], rows, alpha=-1)
         else:
-            sums.index_add_(0, lab, xc.to(torch.float64))
+            sums.index_add_(0, lab, x.to_float64(xc))
     counts = torch.bincount(labels, minlength=k)
     return labels, dist, sums, counts
 
 
-def _reseed_empty(x: Tensor, labels: Tensor, dist: Tensor, sums: Tensor, counts: Tensor) -> None:
+def _reseed_empty(x: _Rows, labels: Tensor, dist: Tensor, sums: Tensor, counts: Tensor) -> None:
     """Give each empty cluster the point currently farthest from its centre (in place).
 
     The point is moved out of its old cluster (sums/counts updated), so the new centre

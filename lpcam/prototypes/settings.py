@@ -50,6 +50,7 @@ class PrototypeSettings:
     feature_dtype: str = field(default="float32", metadata=SAMPLING)  # the feature pass: float32 | bfloat16 (autocast)
     kmeans_metric: str = "cosine"
     kmeans_init: str = "kmeans++"  # kmeans++ | greedy (scikit-learn's) | random (official: distinct rows drawn uniformly)
+    kmeans_init_sample: int | None = None  # seed kmeans++/greedy on this many rows drawn uniformly (None: all)
     kmeans_stop: str = "relative"  # relative: max centre shift / its norm < tol | total: (sum of shifts)^2 < tol (official)
     kmeans_tol: float = 1e-4
     kmeans_max_iter: int | None = 100  # None: no cap (official)
@@ -84,6 +85,9 @@ class PrototypeSettings:
             ("split_resolution", self.split_resolution in SPLIT_RESOLUTIONS, " or ".join(SPLIT_RESOLUTIONS)),
             ("kmeans_metric", self.kmeans_metric in KMEANS_METRICS, " or ".join(KMEANS_METRICS)),
             ("kmeans_init", self.kmeans_init in KMEANS_INITS, " or ".join(KMEANS_INITS)),
+            ("kmeans_init_sample", self.kmeans_init_sample is None
+             or whole(self.kmeans_init_sample) and self.kmeans_init_sample >= self.k,
+             "a whole number of rows, at least lpcam.k, or null (seed on every row)"),
             ("kmeans_stop", self.kmeans_stop in KMEANS_STOPS, " or ".join(KMEANS_STOPS)),
             ("kmeans_tol", self.kmeans_tol >= 0, "a tolerance ≥ 0"),
             ("kmeans_max_iter", self.kmeans_max_iter is None or whole(self.kmeans_max_iter) and self.kmeans_max_iter >= 1,
