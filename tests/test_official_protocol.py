@@ -199,3 +199,21 @@ def test_the_split_settings_reach_the_feature_cache_key_and_lists_become_tuples(
     other = PrototypeSettings(**{**s.as_dict(), "kmeans_init": "random", "kmeans_stop": "total", "kmeans_tol": 5.0,
                                  "kmeans_init_sample": 3072})  # fmt: skip
     assert other.sampling_dict() == s.sampling_dict()
+
+
+def test_every_kmeans_setting_reaches_the_kmeans_call(monkeypatch):
+    import lpcam.prototypes.clustering as clustering
+
+    seen: dict = {}
+
+    def spy(rows, k, **kwargs):
+        seen.update(k=k, **kwargs)
+        return kmeans(rows, k, **kwargs)
+
+    monkeypatch.setattr(clustering, "kmeans", spy)
+    s = PrototypeSettings(k=3, kmeans_metric="euclidean", kmeans_init="greedy", kmeans_init_sample=40,
+                          kmeans_stop="total", kmeans_tol=0.5, kmeans_max_iter=7, seed=5)  # fmt: skip
+    res = clustering.cluster(torch.rand(100, 4, generator=torch.Generator().manual_seed(0)), s)
+    assert seen == {"k": 3, "metric": "euclidean", "max_iter": 7, "tol": 0.5, "seed": 5, "init": "greedy",
+                    "stop": "total", "init_sample": 40}  # fmt: skip
+    assert res.iterations <= 7

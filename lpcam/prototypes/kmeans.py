@@ -15,9 +15,10 @@ the procedure:
   convergence test (by default; ``init="random"``, ``stop="total"``, ``max_iter=None``
   give the official code's semantics, seeded);
 * bounded in memory: rows are processed in chunks of ``chunk_size``, so the extra memory
-  is O(chunk_size * K) for distances (plus one chunk of converted rows) and O(K * D) for
-  centres and their running sums; N x K x D is never formed and the input is never
-  copied as a whole (float16/float64 inputs are converted to float32 chunk by chunk);
+  is O(chunk_size * K) for distances (plus one chunk of rows in float64 for the sums, and
+  one in float32 for other input dtypes, each a buffer reused chunk after chunk) and
+  O(K * D) for centres and their running sums; N x K x D is never formed and the input is
+  never copied as a whole (float16/float64 inputs are converted to float32 chunk by chunk);
 * cheap per iteration: the float64 cluster sums are computed in full once, then updated by
   the points that changed cluster only (after the first few iterations, a few percent), so
   an iteration costs little more than its float32 distance product.
@@ -104,7 +105,7 @@ def kmeans(
             code passes tol=5), an absolute threshold that depends on the features' scale.
         init_sample: seed ``"kmeans++"`` or ``"greedy"`` on a uniform sample of this many rows
             (drawn with ``seed``) instead of all of them; the Lloyd iterations still see every
-            row. The seeding is one pass over its rows per centre, a third of the run at
+            row. The seeding is one pass over its rows per centre, a quarter of the run at
             50,000 rows; on a sample it costs next to nothing, as in faiss (which trains on 256
             rows per centre) and scikit-learn's MiniBatchKMeans. None (the default): every row.
 
