@@ -18,6 +18,7 @@ what each row should show if that holds, written before the runs, and the rows a
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from pathlib import Path
 from typing import Sequence
@@ -58,6 +59,18 @@ def run_cell(out: Path, regime: str, benchmark: str, seed: int, extra: Sequence[
     return run_job(out, f"{regime}-{benchmark}", seed, [*BENCHMARKS[benchmark], *REGIMES[regime], *extra])
 
 
+def finished_cell(out: Path, regime: str, benchmark: str, seed: int) -> dict | None:
+    """The results of a (regime, benchmark, seed) job that has run, None if it has not."""
+    path = out / f"{regime}-{benchmark}_seed{seed}" / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def signed(values: list[float]) -> str:
+    """A difference over seeds: mean ± std (min–max), each signed."""
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):+.1f} ± {std:.1f} ({min(values):+.1f} to {max(values):+.1f})"
+
+
 def rows(regime: str, benchmark: str, runs: list[dict]) -> list[str]:
     """Markdown rows of one cell: a method per row, numbers over the seeds' runs."""
     out = []
@@ -69,13 +82,15 @@ def rows(regime: str, benchmark: str, runs: list[dict]) -> list[str]:
         delta = [x["best"]["miou"] - r["methods"]["cam"]["best"]["miou"] for x, r in zip(res, runs)]
         recall = {p: [(x.get("part_recall") or {}).get(p) for x in res] for p in ("discriminative", "shared")}
         parts = [describe(v) if None not in v else "—" for v in recall.values()]
-        d = "—" if m == "cam" else describe(delta)
-        out.append(f"| {regime} | {benchmark} | {m} | {describe(miou)} | {d} | {parts[0]} | {parts[1]} |")
+        d = "—" if m == "cam" else signed(delta)
+        seeds = ", ".join(str(r["seed"]) for r in runs)
+        out.append(f"| {regime} | {benchmark} | {seeds} | {m} | {describe(miou)} | {d} | {parts[0]} | {parts[1]} |")
     return out
 
 
 def figure(cells: dict[tuple[str, str], list[dict]], path: Path) -> None:
-    """Per cell: body recall and mIoU of CAM and official LPCAM (seed means), side by side."""
+    """Per cell: body recall and mIoU of CAM, official LPCAM and the max rule, side by side (seed
+    means; the bars' whiskers span ± one standard deviation over the seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -83,14 +98,16 @@ def figure(cells: dict[tuple[str, str], list[dict]], path: Path) -> None:
 
     names = [f"{r}\n{b}" for r, b in cells]
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(cells) * 2), 4))
-    for ax, (key, label) in zip(axes, [("shared", "recall of the shared bodies (%)"), ("miou", "seed mIoU (%)")]):
+    for ax, (key, label) in zip(axes, [("shared", "recall of the bodies (%)"), ("miou", "seed mIoU (%)")]):
         for i, m in enumerate(("cam", "lpcam_official", "lpcam_max")):
-            vals = []
+            means, stds = [], []
             for runs in cells.values():
                 res = [r["methods"][m] for r in runs]
                 v = [x["best"]["miou"] if key == "miou" else (x.get("part_recall") or {}).get(key) for x in res]
-                vals.append(statistics.fmean(v) if None not in v else 0.0)
-            ax.bar([j + (i - 1) * 0.27 for j in range(len(cells))], vals, width=0.27, label=m)
+                v = [0.0] if None in v else v
+                means.append(statistics.fmean(v))
+                stds.append(statistics.stdev(v) if len(v) > 1 else 0.0)
+            ax.bar([j + (i - 1) * 0.27 for j in range(len(cells))], means, width=0.27, yerr=stds, capsize=2, label=m)
         ax.set_xticks(range(len(cells)), names, fontsize=8)
         ax.set_ylabel(label)
         ax.set_ylim(0, 100)
@@ -106,17 +123,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS), choices=list(BENCHMARKS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("outputs/regimes"))
+    parser.add_argument("--finished", action="store_true",
+                        help="run nothing: the table and figure of the runs already finished (a cell with none is left out)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
     args = parser.parse_args(argv)
     cells: dict[tuple[str, str], list[dict]] = {}
     for benchmark in args.benchmarks:
         for regime in args.regimes:
-            cells[regime, benchmark] = [run_cell(args.out, regime, benchmark, s, args.overrides) for s in args.seeds]
+            if args.finished:
+                runs = [r for s in args.seeds if (r := finished_cell(args.out, regime, benchmark, s)) is not None]
+            else:
+                runs = [run_cell(args.out, regime, benchmark, s, args.overrides) for s in args.seeds]
+            if runs:
+                cells[regime, benchmark] = runs
+    if not cells:
+        raise SystemExit(f"no finished runs under {args.out} for these regimes, benchmarks and seeds")
     lines = [
-        f"seeds: {', '.join(map(str, args.seeds))}; best-threshold seed mIoU, mean ± std (min–max)",
+        "best-threshold seed mIoU, mean ± std (min–max) over the seeds each cell lists",
         "",
-        "| regime | benchmark | method | seed mIoU | Δ vs CAM | recall: heads | recall: bodies |",
-        "|---|---|---|---|---|---|---|",
+        "| regime | benchmark | seeds | method | seed mIoU | Δ vs CAM | recall: heads | recall: bodies |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for (regime, benchmark), runs in cells.items():
         lines += rows(regime, benchmark, runs)

@@ -105,8 +105,16 @@ def reached(index: int) -> None:
 
 
 def install() -> None:
-    """Wrap the fault point named in ``LPCAM_TEST_FAULT``."""
+    """Wrap the fault point named in ``LPCAM_TEST_FAULT``, with SIGINT as a terminal's Ctrl-C finds it.
+
+    A command started in the background by a non-interactive shell (``make test &``, a CI step
+    under ``nohup``) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler:
+    the SIGINT faults would be no-ops and the job would run to its end. A user's Ctrl-C reaches a
+    foreground job, whose handler is Python's default, so that is what the faulty command gets.
+    """
     import torch
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     from lpcam.models.classifier import Classifier
     from lpcam.stages import evaluation, export, prototypes

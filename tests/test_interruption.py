@@ -214,8 +214,14 @@ def test_a_sigint_during_a_cache_write_leaves_no_partial_file(tmp_path):
         torch.save({"x": torch.zeros(1000)}, tmp)
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C with the bytes on disk, before the rename
 
-    with pytest.raises(KeyboardInterrupt):
-        atomic_write(dst, write)
+    # Python's own Ctrl-C handler, also where pytest was started with SIGINT ignored (in the
+    # background by a non-interactive shell), where the signal would otherwise do nothing
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            atomic_write(dst, write)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert not dst.exists() and not list(dst.parent.iterdir())
 
 

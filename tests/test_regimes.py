@@ -1,0 +1,50 @@
+"""experiments/regimes.py: the study's table and figure from finished runs (nothing is run here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def regimes():
+    spec = importlib.util.spec_from_file_location("regimes", ROOT / "experiments" / "regimes.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["regimes"] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["regimes"]
+
+
+def fake_results(seed: int, cam: float, lpcam: float) -> dict:
+    method = lambda miou, body: {"best": {"miou": miou}, "part_recall": {"discriminative": 90.0, "shared": body}}  # noqa: E731
+    return {"seed": seed, "methods": {"cam": method(cam, 40.0), "lpcam_official": method(lpcam, 60.0 + seed),
+                                      "lpcam_fg_only": method(cam - 1, 50.0), "lpcam_max": method(cam + 2, 55.0)}}  # fmt: skip
+
+
+def test_finished_reads_only_the_runs_that_exist_and_draws_them(regimes, tmp_path, capsys):
+    for seed, (cam, lp) in enumerate([(30.0, 40.0), (34.0, 41.0)]):
+        run = tmp_path / f"frozen-one_body_192_seed{seed}"
+        run.mkdir()
+        (run / "results.json").write_text(json.dumps(fake_results(seed, cam, lp)))
+    regimes.main(["--finished", "--out", str(tmp_path), "--regimes", "frozen", "scratch",
+                  "--benchmarks", "one_body_192", "parts_192", "--seeds", "0", "1", "2"])  # fmt: skip
+    text = (tmp_path / "regimes.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| frozen")]
+    assert len(rows) == 4 and "scratch" not in text and "parts_192" not in text  # cells without runs left out
+    lp = next(r for r in rows if "| lpcam_official |" in r)
+    # seeds 0 and 1 only; mIoU 40.5 ± 0.7; Δ +10 and +7: +8.5 ± 2.1; bodies 60 and 61
+    assert "| 0, 1 |" in lp and "40.5 ± 0.7" in lp and "+8.5 ± 2.1 (+7.0 to +10.0)" in lp and "60.5 ± 0.7" in lp
+    assert (tmp_path / "regimes.png").stat().st_size > 10_000
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_finished_with_nothing_finished_says_so(regimes, tmp_path):
+    with pytest.raises(SystemExit, match="no finished runs under"):
+        regimes.main(["--finished", "--out", str(tmp_path), "--regimes", "frozen", "--benchmarks", "parts_192"])
