@@ -23,7 +23,7 @@ import statistics
 from pathlib import Path
 from typing import Sequence
 
-from lpcam.cli.seed_study import describe, run_job
+from lpcam.cli.seed_study import describe, job_dir, run_job
 
 # How the backbone is trained. The pretrained ones read ImageNet weights from the installed
 # efficientnet-lite0 package (backbone.pretrained=true never downloads).
@@ -61,7 +61,7 @@ def run_cell(out: Path, regime: str, benchmark: str, seed: int, extra: Sequence[
 
 def finished_cell(out: Path, regime: str, benchmark: str, seed: int) -> dict | None:
     """The results of a (regime, benchmark, seed) job that has run, None if it has not."""
-    path = out / f"{regime}-{benchmark}_seed{seed}" / "results.json"
+    path = job_dir(out, f"{regime}-{benchmark}", seed) / "results.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
 

@@ -25,10 +25,15 @@ from pathlib import Path
 from typing import Sequence
 
 
+def job_dir(out: Path, name: str, seed: int, tag: str = "") -> Path:
+    """Where :func:`run_job` runs ``name`` with ``seed``: ``out/<name>_seed<seed><tag>``."""
+    return out / f"{name}_seed{seed}{tag}"
+
+
 def run_job(out: Path, name: str, seed: int, overrides: list[str], tag: str = "") -> dict:
-    """One run in ``out/<name>_seed<seed><tag>`` (skipped when its results.json exists, so an
-    interrupted study resumes); ``overrides`` say which dataset."""
-    run_dir = out / f"{name}_seed{seed}{tag}"
+    """One run in :func:`job_dir` (skipped when its results.json exists, so an interrupted study
+    resumes); ``overrides`` say which dataset."""
+    run_dir = job_dir(out, name, seed, tag)
     results = run_dir / "results.json"
     if not results.is_file():
         cmd = [sys.executable, "-m", "lpcam.run", f"seed={seed}", "logger=csv",

@@ -117,14 +117,12 @@ def kmeans(
     """
     _validate(x, k, metric, max_iter, tol, chunk_size, init, stop, init_sample)
     with torch.no_grad():
-        x = x.detach()
-        norms = _row_norms(x, chunk_size)
-        if not bool(torch.isfinite(norms).all()):
+        x = _Rows(x.detach(), chunk_size)
+        if not bool(torch.isfinite(x.norms).all()):
             raise ValueError("kmeans input contains NaN or infinite values")
         n = x.shape[0]
         k = min(k, n)
         gen = torch.Generator(device="cpu").manual_seed(seed)
-        x = _Rows(x, norms, chunk_size)
 
         if init == "random":
             centres = x.x[torch.randperm(n, generator=gen)[:k].to(x.device)].to(torch.float32)
@@ -133,7 +131,7 @@ def kmeans(
             seeds = x
             if init_sample is not None and init_sample < n:
                 pick = torch.randperm(n, generator=gen)[:init_sample].sort().values.to(x.device)
-                seeds = _Rows(x.x[pick], norms[pick], chunk_size)
+                seeds = _Rows(x.x[pick], chunk_size, x.norms[pick])
             centres = _kmeans_plus_plus(seeds, k, metric, gen, trials)
         converged = False
         iterations = 0
@@ -204,7 +202,8 @@ def _validate(
 
 class _Rows:
     """The input with its row norms, computed once, walked in chunks of float32 rows: every pass
-    (seeding, assignment, inertia) reuses the norms instead of recomputing them from the rows.
+    (seeding, assignment, inertia) reuses the norms instead of recomputing them from the rows
+    (NaN or inf where a row is not finite; ``norms`` may be given, e.g. for a sample of rows).
 
     Conversions (float16/float64 inputs to float32 chunks, rows to float64 for the cluster sums)
     go into buffers allocated once and reused: a fresh chunk-sized tensor per chunk is a fresh
@@ -213,23 +212,19 @@ class _Rows:
     view from :meth:`to_float64` are therefore valid only until the next call.
     """
 
-    def __init__(self, x: Tensor, norms: Tensor, chunk_size: int) -> None:
-        self.x, self.norms, self.chunk_size = x, norms, chunk_size
+    def __init__(self, x: Tensor, chunk_size: int, norms: Tensor | None = None) -> None:
+        self.x, self.chunk_size = x, chunk_size
         self.shape, self.device = x.shape, x.device
         self._f32: Tensor | None = None
         self._f64: Tensor | None = None
+        self.norms = self._row_norms() if norms is None else norms
 
     def __getitem__(self, i: int | Tensor) -> Tensor:
         return self.x[i]
 
     def chunks(self) -> Iterator[tuple[int, Tensor, Tensor]]:
-        """(start, float32 rows, their norms): only one chunk is ever converted at a time."""
-        for start in range(0, self.shape[0], self.chunk_size):
-            xc = self.x[start : start + self.chunk_size]
-            if xc.dtype != torch.float32:
-                if self._f32 is None:
-                    self._f32 = torch.empty(min(self.chunk_size, self.shape[0]), self.shape[1], device=self.device)
-                xc = self._f32[: xc.shape[0]].copy_(xc)
+        """(start, float32 rows, their norms)."""
+        for start, xc in self._float32_chunks():
             yield start, xc, self.norms[start : start + xc.shape[0]]
 
     def to_float64(self, rows: Tensor) -> Tensor:
@@ -239,19 +234,22 @@ class _Rows:
             self._f64 = torch.empty(size, self.shape[1], dtype=torch.float64, device=self.device)
         return self._f64[: rows.shape[0]].copy_(rows)
 
+    def _float32_chunks(self) -> Iterator[tuple[int, Tensor]]:
+        """(start, float32 rows): float32 input as views, other dtypes copied into the buffer."""
+        for start in range(0, self.shape[0], self.chunk_size):
+            xc = self.x[start : start + self.chunk_size]
+            if xc.dtype != torch.float32:
+                if self._f32 is None:
+                    self._f32 = torch.empty(min(self.chunk_size, self.shape[0]), self.shape[1], device=self.device)
+                xc = self._f32[: xc.shape[0]].copy_(xc)
+            yield start, xc
 
-def _chunks(x: Tensor, chunk_size: int) -> Iterator[tuple[int, Tensor]]:
-    """Yield (start, float32 rows) so that only one chunk is ever converted at a time."""
-    for start in range(0, x.shape[0], chunk_size):
-        yield start, x[start : start + chunk_size].to(torch.float32)
-
-
-def _row_norms(x: Tensor, chunk_size: int) -> Tensor:
-    """(N,) float32 L2 norm of every row (NaN or inf where a row is not finite)."""
-    out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
-    for start, xc in _chunks(x, chunk_size):
-        out[start : start + xc.shape[0]] = torch.linalg.vector_norm(xc, dim=1)
-    return out
+    def _row_norms(self) -> Tensor:
+        """(N,) float32 L2 norm of every row."""
+        out = torch.empty(self.shape[0], dtype=torch.float32, device=self.device)
+        for start, xc in self._float32_chunks():
+            out[start : start + xc.shape[0]] = torch.linalg.vector_norm(xc, dim=1)
+        return out
 
 
 def _prepare(centres: Tensor, metric: Metric) -> tuple[Tensor, Tensor | None]:
