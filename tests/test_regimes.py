@@ -48,3 +48,17 @@ def test_finished_reads_only_the_runs_that_exist_and_draws_them(regimes, tmp_pat
 def test_finished_with_nothing_finished_says_so(regimes, tmp_path):
     with pytest.raises(SystemExit, match="no finished runs under"):
         regimes.main(["--finished", "--out", str(tmp_path), "--regimes", "frozen", "--benchmarks", "parts_192"])
+
+
+def test_every_cell_builds_prototypes_from_the_training_split(regimes, tmp_path, monkeypatch):
+    """The measured cells built their prototypes from the training split; the study pins that, so
+    a cell run after the default moved to the seed-evaluation split is the same protocol."""
+    calls = []
+    monkeypatch.setattr(regimes, "run_job", lambda out, name, seed, overrides: calls.append((name, seed, overrides)))
+    regimes.run_cell(tmp_path, "frozen", "one_body_192", 1, ["trainer.max_epochs=1"])
+    ((name, seed, overrides),) = calls
+    assert (name, seed) == ("frozen-one_body_192", 1)
+    assert "dataset.prototype_split=null" in overrides and overrides[-1] == "trainer.max_epochs=1"  # the user's last
+    from tests.conftest import compose_config
+
+    assert compose_config(overrides).dataset.prototype_split is None
