@@ -47,8 +47,9 @@ def tiny(tmp_path: Path):
 
 
 # the tiny job of the interruption tests (lpcam/stages/resume.py): 5 epochs of 4 steps, so a
-# training can be stopped mid-epoch four times; run as the command a user runs
-RESUMABLE = [*TINY, "trainer.max_epochs=5", "logger=none"]
+# training can be stopped mid-epoch four times, and the prototype build's 16 images in 2 batches,
+# so that it can be stopped after its first; run as the command a user runs
+RESUMABLE = [*TINY, "trainer.max_epochs=5", "dataset.eval_batch_size=8", "logger=none"]
 
 
 @pytest.fixture(scope="session")

@@ -115,41 +115,35 @@ def test_exported_irn_files_score_exactly_the_in_memory_miou(trained, tmp_path):
         run(trained("stage=score", f"export.dir={tmp_path}", run="score_none"))
 
 
-def test_sigterm_stops_an_export_which_the_same_command_then_completes(tiny, tmp_path):
-    import os
+def test_sigterm_stops_an_export_which_the_same_command_then_completes(trained, tmp_path):
+    """SIGTERM before the 4th image (``tests/faults.py``: the signal lands at a known batch, not
+    when a polling loop happens to see files) stops the export at once: exactly the 3 images
+    before it have their files, each complete, none half-written. The same command, rerun, writes
+    the rest: one file per image of the split."""
     import signal
-    import subprocess
-    import sys
-    import time
 
     from tests.conftest import TINY
+    from tests.faults import finish, start
 
-    more = ["dataset.generator.num_train=400", "trainer.max_epochs=1"]
-    assert run(tiny("stage=train", *more, run="train")) is None
     out = tmp_path / "cams"
-    cmd = [
-        sys.executable, "-m", "lpcam.run", *TINY, *more, f"data_dir={tmp_path / 'data'}", f"cache.dir={tmp_path / 'cache'}",
-        "stage=export", f"export.dir={out}", "dataset.eval_batch_size=1", "evaluation.scales=[1.0,0.5,1.5,2.0,2.5]",
-        f"hydra.run.dir={tmp_path / 'sub'}", "logger=none",
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while len(list(out.glob("*.npy"))) < 3 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, f"the export ended before it could be interrupted: {proc.communicate()[1][-2000:]}"
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in stderr
-    done = list(out.glob("*.npy"))
-    assert 3 <= len(done) < 400 and not list(out.glob("*.partial-*"))
+    overrides = [*TINY, f"data_dir={tmp_path / 'data'}", f"cache.dir={tmp_path / 'cache'}", "stage=export",
+                 f"export.dir={out}", "dataset.eval_batch_size=1", f"hydra.run.dir={tmp_path / 'sub'}", "logger=none"]  # fmt: skip
+    after = tmp_path / "after"
+    proc = start(overrides, tmp_path / "stopped.log", "export:4:SIGTERM", LOG=after)
+    code, log = finish(proc, tmp_path / "stopped.log")
+    assert code == 128 + signal.SIGTERM and "stopped by SIGTERM" in log, log[-3000:]
+    assert after.read_text() == "0"  # no batch was started after the signal
+    done = sorted(out.glob("*.npy"))
+    assert len(done) == 3 and not list(out.glob("*.partial-*"))
     for p in done:  # every file there is complete
         assert np.load(p, allow_pickle=True).item()["high_res"].ndim == 3
-    # the same command resumes and finishes: one file per image
-    rerun = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert len(list(out.glob("*.npy"))) == 400
+    # the same command resumes and finishes: one file per image, the first three left as they were
+    stamps = {p.name: p.stat().st_mtime_ns for p in done}
+    code, log = finish(start(overrides, tmp_path / "rerun.log"), tmp_path / "rerun.log")
+    assert code == 0, log[-3000:]
+    dm = instantiate(trained().dataset)
+    assert sorted(p.stem for p in out.glob("*.npy")) == sorted(dm.dataset(dm.train_split).ids)
+    assert {n: (out / n).stat().st_mtime_ns for n in stamps} == stamps
 
 
 def test_two_ddp_processes_export_each_image_once_and_the_same_maps(tiny, tmp_path):

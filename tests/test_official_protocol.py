@@ -35,9 +35,13 @@ def test_the_preset_states_the_official_protocol_and_nothing_else():
         "kmeans_init": "random", "kmeans_stop": "total", "kmeans_tol": 5, "kmeans_max_iter": None, "keep_best": False,
     }  # fmt: skip
     assert o["split_flip"] is True and o["k"] == 12 and o["tau"] == 0.1  # as the default: VOC's official values
-    assert official.dataset.prototype_split == "train" == official.dataset.eval_split  # not train_aug
+    # the seed-evaluation split (VOC train), not train_aug: lpcam's default too, and the preset's
+    # under any dataset config
+    assert official.dataset.prototype_split == "train" == official.dataset.eval_split == default.dataset.prototype_split
+    coco = compose_config(["dataset=coco", "lpcam=official_protocol", "dataset.eval_split=val2014"])
+    assert coco.dataset.prototype_split == "val2014"
     assert build_settings(official.evaluation).default_threshold == 0.3
-    assert default.dataset.prototype_split is None and default.evaluation.default_threshold == 0.15
+    assert default.evaluation.default_threshold == 0.15
     assert official.lpcam.aggregation == default.lpcam.aggregation  # the official rule in both
 
 

@@ -21,15 +21,16 @@ def _datamodule(cfg):
 
 
 def test_prototypes_come_from_the_chosen_split(tiny):
-    dm = _datamodule(tiny())
-    assert len(dm.prototype_dataloader().dataset) == 64  # the training split by default
-    dm = _datamodule(tiny("dataset.prototype_split=train"))  # the seed-evaluation split, as the official VOC code
+    dm = _datamodule(tiny())  # by default the seed-evaluation split, as the official VOC code
     loader = dm.prototype_dataloader()
     assert len(loader.dataset) == 16 and list(loader.dataset.ids) == list(dm.dataset("train").ids)
+    dm = _datamodule(tiny("dataset.prototype_split=null"))  # null: the training split
+    assert len(dm.prototype_dataloader().dataset) == 64 and dm.prototype_split == "train_aug"
 
 
 def test_images_per_class_draws_that_many_images_of_each_class(tiny):
-    dm = _datamodule(tiny("dataset.images_per_class=5"))
+    coco_recipe = ("dataset.images_per_class=5", "dataset.prototype_split=null")  # from the training split
+    dm = _datamodule(tiny(*coco_recipe))
     dataset = dm.dataset(dm.train_split)
     chosen = list(dm.prototype_indices(dataset))
     assert chosen == sorted(set(chosen))
@@ -37,7 +38,7 @@ def test_images_per_class_draws_that_many_images_of_each_class(tiny):
         assert len(images) > 5 and 5 <= len(set(images) & set(chosen))  # others' draws may add more
     labelled = [i for images in dataset.images_of_class for i in images]
     assert set(chosen) <= set(labelled) and len(chosen) <= 5 * len(dataset.images_of_class) < len(dataset)
-    assert chosen == list(_datamodule(tiny("dataset.images_per_class=5")).prototype_indices(dataset))  # seeded
+    assert chosen == list(_datamodule(tiny(*coco_recipe)).prototype_indices(dataset))  # seeded
     assert len(dm.prototype_dataloader().dataset) == len(chosen)
     # the label file and the masks agree on which images hold a class
     for c, images in enumerate(dataset.images_of_class):
@@ -48,15 +49,15 @@ def test_a_run_rebuilds_prototypes_built_from_other_images(tiny, tmp_path):
     first = run(tiny(run="first"))
     ckpt = tmp_path / "first" / "checkpoints" / "best.ckpt"
     carried = Prototypes.from_checkpoint(torch.load(ckpt, weights_only=False), str(ckpt))
-    assert carried.meta["images"] == {"split": "train_aug", "images_per_class": None, "seed": None}
-    assert first["prototypes"]["images"]["split"] == "train_aug"
+    assert carried.meta["images"] == {"split": "train", "images_per_class": None, "seed": None}
+    assert first["prototypes"]["images"]["split"] == "train"
     again = run(tiny(f"ckpt_path={ckpt}", "stage=all", run="again"))
     assert again["provenance"]["prototypes"]["source"] == "checkpoint"  # same images: carried over
-    other = run(tiny(f"ckpt_path={ckpt}", "dataset.prototype_split=train", "cache.features=false", run="other"))
+    other = run(tiny(f"ckpt_path={ckpt}", "dataset.prototype_split=null", "cache.features=false", run="other"))
     assert other["provenance"]["prototypes"]["source"] == "built"
-    assert other["prototypes"]["images"]["split"] == "train"
+    assert other["prototypes"]["images"]["split"] == "train_aug"
     saved = json.loads((tmp_path / "other" / "results.json").read_text())
-    assert saved["prototypes"]["images"] == {"split": "train", "images_per_class": None, "seed": None}
+    assert saved["prototypes"]["images"] == {"split": "train_aug", "images_per_class": None, "seed": None}
 
 
 def test_a_budget_too_small_for_k_features_is_refused_naming_the_setting(tiny):

@@ -38,7 +38,7 @@ def test_a_new_prototype_setting_reaches_the_prototypes_file_and_the_feature_cac
     # the feature pool was cached under a key that includes the new setting
     ckpt = tmp_path / "run" / "checkpoints" / "best.ckpt"
     model = Classifier.load_from_checkpoint(ckpt, backbone=instantiate(cfg.backbone))
-    cache = FeatureCache.for_run(cfg, lambda: instantiate(cfg.dataset).content.key)
+    cache = FeatureCache.for_run(cfg, lambda: instantiate(cfg.dataset).prototype_content_key)  # as the pipeline
     (cached,) = (tmp_path / "cache" / "features").glob("*.pt")
     assert cached == cache.path(weights_digest(model), settings.sampling_dict())
     other = WithStride(**{**settings.as_dict(), "sample_stride": 3})
