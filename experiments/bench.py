@@ -124,11 +124,13 @@ def section_build(args) -> None:
     ckpt = work / "default" / "checkpoints" / "best.ckpt"
     train = base["timings_s"]["train"]
     train_aug = ["dataset.prototype_split=null"]  # prototypes from the training split (2,000 images)
+    # the rows the feature-pass table below compares with forward passes over the same images
+    train_aug_row, bf16_row = "dataset.prototype_split=null (train_aug: the training split)", "train_aug, lpcam.feature_dtype=bfloat16"
     variants = {
         "default (train: the seed-evaluation split, float32)": [],
-        "dataset.prototype_split=null (train_aug: the training split)": train_aug,
+        train_aug_row: train_aug,
         # the precision options on the larger pass, where their cost shows
-        **({"train_aug, lpcam.feature_dtype=bfloat16": [*train_aug, "lpcam.feature_dtype=bfloat16"]} if bf16 else {}),
+        **({bf16_row: [*train_aug, "lpcam.feature_dtype=bfloat16"]} if bf16 else {}),
         "train_aug, lpcam.pool_dtype=float16": [*train_aug, "lpcam.pool_dtype=float16"],
         "train_aug, dataset.images_per_class=100 (COCO's recipe)": [*train_aug, "dataset.images_per_class=100"],
     }
@@ -167,14 +169,14 @@ def section_build(args) -> None:
                     lambda: [multiscale_features(model.features, x, (1.0,), True) for x in images], args.repeat
                 )
     n = sum(len(x) for x in images)
-    feature_pass = rows[1][1]
+    feature_pass = features_s[train_aug_row]
     passes = [
         ["forward, image only", plain, n / plain, feature_pass / plain],
         ["forward, image and flip (what the split's CAM needs)", flipped, n / flipped, feature_pass / flipped],
         ["reading the images + forward, image and flip", loaded, n / loaded, feature_pass / loaded],
     ]
     if bf16:
-        bf16_pass = features_s["train_aug, lpcam.feature_dtype=bfloat16"]
+        bf16_pass = features_s[bf16_row]
         passes.append(["forward, image and flip, bf16 autocast", flipped_bf16, n / flipped_bf16, bf16_pass / flipped_bf16])
     passes.append(["feature pass (reading, forward + CAM + split + sampling)", feature_pass, n / feature_pass, 1.0])
     table(f"Feature pass against a forward pass ({n} training images)", ["pass", "seconds", "images/s", "feature pass / this"], passes)
