@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 from typing import Sequence
@@ -78,16 +79,27 @@ def signed(values: list[float]) -> str:
     return f"{statistics.fmean(values):+.1f} ± {std:.1f} ({min(values):+.1f} to {max(values):+.1f})"
 
 
-def rows(regime: str, benchmark: str, runs: list[dict]) -> list[str]:
+def point(result: dict, threshold: float | None) -> tuple[float, dict]:
+    """A method's seed mIoU and part recalls at its best threshold, or at ``threshold`` (the curve
+    point: comparing methods at one threshold separates their maps from their best thresholds)."""
+    if threshold is None:
+        return result["best"]["miou"], result.get("part_recall") or {}
+    on_curve = [p for p in result["curve"] if math.isclose(p["threshold"], threshold, abs_tol=1e-9)]
+    if not on_curve:
+        raise SystemExit(f"--threshold {threshold} is not on the curve: {[p['threshold'] for p in result['curve']]}")
+    return on_curve[0]["miou"], on_curve[0].get("part_recall") or {}
+
+
+def rows(regime: str, benchmark: str, runs: list[dict], threshold: float | None = None) -> list[str]:
     """Markdown rows of one cell: a method per row, numbers over the seeds' runs."""
     out = []
     for m in METHODS:
         if m not in runs[0]["methods"]:
             continue
-        res = [r["methods"][m] for r in runs]
-        miou = [x["best"]["miou"] for x in res]
-        delta = [x["best"]["miou"] - r["methods"]["cam"]["best"]["miou"] for x, r in zip(res, runs)]
-        recall = {p: [(x.get("part_recall") or {}).get(p) for x in res] for p in ("discriminative", "shared")}
+        res = [point(r["methods"][m], threshold) for r in runs]
+        miou = [x[0] for x in res]
+        delta = [x[0] - point(r["methods"]["cam"], threshold)[0] for x, r in zip(res, runs)]
+        recall = {p: [x[1].get(p) for x in res] for p in ("discriminative", "shared")}
         parts = [describe(v) if None not in v else "—" for v in recall.values()]
         d = "—" if m == "cam" else signed(delta)
         seeds = ", ".join(str(r["seed"]) for r in runs)
@@ -95,7 +107,7 @@ def rows(regime: str, benchmark: str, runs: list[dict]) -> list[str]:
     return out
 
 
-def figure(cells: dict[tuple[str, str], list[dict]], path: Path) -> None:
+def figure(cells: dict[tuple[str, str], list[dict]], path: Path, threshold: float | None = None) -> None:
     """Per cell: body recall and mIoU of CAM, official LPCAM and the max rule, side by side (seed
     means; the bars' whiskers span ± one standard deviation over the seeds)."""
     import matplotlib
@@ -109,8 +121,8 @@ def figure(cells: dict[tuple[str, str], list[dict]], path: Path) -> None:
         for i, m in enumerate(("cam", "lpcam_official", "lpcam_max")):
             means, stds = [], []
             for runs in cells.values():
-                res = [r["methods"][m] for r in runs]
-                v = [x["best"]["miou"] if key == "miou" else (x.get("part_recall") or {}).get(key) for x in res]
+                res = [point(r["methods"][m], threshold) for r in runs]
+                v = [x[0] if key == "miou" else x[1].get(key) for x in res]
                 v = [0.0] if None in v else v
                 means.append(statistics.fmean(v))
                 stds.append(statistics.stdev(v) if len(v) > 1 else 0.0)
@@ -132,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/regimes"))
     parser.add_argument("--finished", action="store_true",
                         help="run nothing: the table and figure of the runs already finished (a cell with none is left out)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="read every method at this background threshold instead of its best (runs with per-threshold part recalls)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
     args = parser.parse_args(argv)
     cells: dict[tuple[str, str], list[dict]] = {}
@@ -145,20 +159,22 @@ def main(argv: Sequence[str] | None = None) -> None:
                 cells[regime, benchmark] = runs
     if not cells:
         raise SystemExit(f"no finished runs under {args.out} for these regimes, benchmarks and seeds")
+    at = "best-threshold" if args.threshold is None else f"threshold-{args.threshold} (every method)"
     lines = [
-        "best-threshold seed mIoU, mean ± std (min–max) over the seeds each cell lists",
+        f"{at} seed mIoU, mean ± std (min–max) over the seeds each cell lists",
         "",
         "| regime | benchmark | seeds | method | seed mIoU | Δ vs CAM | recall: heads | recall: bodies |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for (regime, benchmark), runs in cells.items():
-        lines += rows(regime, benchmark, runs)
+        lines += rows(regime, benchmark, runs, args.threshold)
     text = "\n".join(lines)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "regimes.md").write_text(text + "\n")
-    figure(cells, args.out / "regimes.png")
-    print(f"wrote {args.out / 'regimes.md'} and {args.out / 'regimes.png'}")
+    stem = "regimes" if args.threshold is None else f"regimes_at_{args.threshold:g}"  # the best-threshold table stays
+    (args.out / f"{stem}.md").write_text(text + "\n")
+    figure(cells, args.out / f"{stem}.png", args.threshold)
+    print(f"wrote {args.out / f'{stem}.md'} and {args.out / f'{stem}.png'}")
 
 
 if __name__ == "__main__":

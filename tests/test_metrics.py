@@ -137,7 +137,11 @@ def test_part_recall_by_hand():
     assert acc.part_total.tolist() == [2, 3]
     assert acc.part_hits.tolist() == [[2, 1], [2, 0]]
     res = acc.results(NAMES, 0.65)
-    assert res["part_recall"] == {"discriminative": 100.0, "shared": 33.3333}
+    assert res["part_recall"] == {"discriminative": 100.0, "shared": 33.3333}  # at the best threshold, 0.3
+    # every curve point has its own: methods with different best thresholds compare at one
+    assert [p["part_recall"] for p in res["curve"]] == [{"discriminative": 100.0, "shared": 33.3333},
+                                                       {"discriminative": 100.0, "shared": 0.0}]
+    assert "part_recall" not in res["best"] and "part_recall" not in res["default"]  # scalars, for loggers
 
 
 def test_results_best_default_and_curve():

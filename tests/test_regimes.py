@@ -45,6 +45,30 @@ def test_finished_reads_only_the_runs_that_exist_and_draws_them(regimes, tmp_pat
     assert "wrote" in capsys.readouterr().out
 
 
+def test_one_threshold_reads_every_method_at_that_curve_point(regimes, tmp_path, capsys):
+    """Part recalls at each method's best threshold mix the maps with the thresholds; --threshold
+    reads them all at one curve point, and leaves the best-threshold table alone."""
+    results = fake_results(0, 30.0, 40.0)
+    for m, res in results["methods"].items():  # CAM's heads 80 at 0.3, LPCAM's 70; 50 and 20 at 0.5
+        heads = {"cam": (80.0, 50.0), "lpcam_official": (70.0, 20.0)}.get(m, (60.0, 10.0))
+        res["curve"] = [{"threshold": t, "miou": res["best"]["miou"] - i, "part_recall": {"discriminative": h, "shared": 5.0}}
+                        for i, (t, h) in enumerate(zip((0.3, 0.5), heads))]  # fmt: skip
+    run = tmp_path / "frozen-one_body_192_seed0"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(results))
+    argv = ["--finished", "--out", str(tmp_path), "--regimes", "frozen", "--benchmarks", "one_body_192", "--seeds", "0"]
+    regimes.main([*argv, "--threshold", "0.5"])
+    text = (tmp_path / "regimes_at_0.5.md").read_text()
+    assert text.startswith("threshold-0.5 (every method) seed mIoU")
+    lp = next(r for r in text.splitlines() if "| lpcam_official |" in r)
+    cam = next(r for r in text.splitlines() if "| cam |" in r)
+    assert "|  39.0 ± 0.0 (39.0–39.0) | +10.0 ± 0.0" in lp and "|  20.0 ± 0.0 (20.0–20.0) |" in lp
+    assert "|  50.0 ± 0.0 (50.0–50.0) |" in cam
+    assert not (tmp_path / "regimes.md").exists()
+    with pytest.raises(SystemExit, match="not on the curve"):
+        regimes.main([*argv, "--threshold", "0.4"])
+
+
 def test_finished_with_nothing_finished_says_so(regimes, tmp_path):
     with pytest.raises(SystemExit, match="no finished runs under"):
         regimes.main(["--finished", "--out", str(tmp_path), "--regimes", "frozen", "--benchmarks", "parts_192"])

@@ -214,19 +214,25 @@ class SeedConfusion:
         best = max(range(len(curve)), key=lambda i: -math.inf if curve[i]["miou"] is None else curve[i]["miou"])
 
         out = {
-            "best": curve[best],
-            "default": curve[matches[0]],
+            "best": dict(curve[best]),
+            "default": dict(curve[matches[0]]),
             "per_class_iou": {
                 name: _round(100.0 * float(v)) for name, v in zip(class_names, per_threshold[best]["iou"])
             },
         }
         if int(self.part_total.sum()) > 0:
-            names = PART_NAMES + tuple(f"part{p + 1}" for p in range(len(PART_NAMES), self.num_parts))
-            out["part_recall"] = {
-                names[p]: _round(100.0 * int(self.part_hits[best, p]) / int(self.part_total[p]))
-                if int(self.part_total[p]) > 0
-                else None
-                for p in range(self.num_parts)
-            }
+            # Also on every curve point: methods whose best thresholds differ are compared part by
+            # part at one threshold (a higher threshold trades part pixels for fewer false positives).
+            for t, point in enumerate(curve):
+                point["part_recall"] = self._part_recall(t)
+            out["part_recall"] = self._part_recall(best)
         out["curve"] = curve
         return out
+
+    def _part_recall(self, t: int) -> dict[str, float | None]:
+        """Percentage of each part's pixels predicted as their object's class at threshold ``t``."""
+        names = PART_NAMES + tuple(f"part{p + 1}" for p in range(len(PART_NAMES), self.num_parts))
+        return {
+            names[p]: _round(100.0 * int(self.part_hits[t, p]) / int(self.part_total[p])) if int(self.part_total[p]) > 0 else None
+            for p in range(self.num_parts)
+        }
