@@ -9,6 +9,12 @@ prints one markdown table — mean ± std over seeds of each method's best-thres
 difference to CAM, and its recall of the objects' discriminative heads and shared bodies — and
 draws ``regimes.png``: for each cell, CAM's and LPCAM's body recall beside their mIoU.
 
+``--record FILE`` keeps what the table and figure read from every run (seed, overrides, timings
+and each method's best, default and curve points, without the per-class IoUs) in one JSON file,
+merged run by run, and fills the cells whose run directories are gone from it: the README's
+table and figure come from ``docs/regimes_runs.json``, so a later session that adds a seed or a
+cell redraws them whole without rerunning the rest.
+
 The paper's mechanism predicts a gain where (1) CAM under-covers a part because that part does
 not tell the classes apart, and (2) the backbone still represents the part, so its features form
 a prototype the classifier scores as the class. The README ("Where local prototypes help") states
@@ -71,6 +77,38 @@ def finished_cell(out: Path, regime: str, benchmark: str, seed: int) -> dict | N
     """The results of a (regime, benchmark, seed) job that has run, None if it has not."""
     path = job_dir(out, f"{regime}-{benchmark}", seed) / "results.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def compact(result: dict) -> dict:
+    """What the study reads from a run's results.json (a few kB of its ~30): the rest is the run's."""
+    keep = ("best", "default", "part_recall", "curve")
+    methods = {m: {k: r[k] for k in keep if k in r} for m, r in result["methods"].items()}
+    return {"seed": result["seed"], "overrides": result.get("overrides"), "timings_s": result.get("timings_s"),
+            "methods": methods}  # fmt: skip
+
+
+def read_record(path: Path | None) -> dict[str, dict]:
+    """The recorded runs by :func:`record_key`; none when there is no record (yet)."""
+    if path is None or not path.is_file():
+        return {}
+    try:
+        runs = json.loads(path.read_text())["runs"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        expected = '{"runs": {"<regime>-<benchmark>_seed<N>": {...}}}'
+        raise SystemExit(f"{path}: not a regimes record ({err!r}); expected {expected}, as regimes.py --record writes")
+    return runs
+
+
+def record_key(regime: str, benchmark: str, seed: int) -> str:
+    return job_dir(Path(), f"{regime}-{benchmark}", seed).name
+
+
+def write_record(path: Path, runs: dict[str, dict]) -> None:
+    """Every recorded run, the new ones merged in, sorted by key; written whole, then moved into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"runs": dict(sorted(runs.items()))}, indent=1) + "\n")
+    tmp.replace(path)
 
 
 def signed(values: list[float]) -> str:
@@ -146,19 +184,33 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="run nothing: the table and figure of the runs already finished (a cell with none is left out)")
     parser.add_argument("--threshold", type=float, default=None,
                         help="read every method at this background threshold instead of its best (runs with per-threshold part recalls)")
+    parser.add_argument("--record", type=Path, default=None,
+                        help="a JSON record of the runs (e.g. docs/regimes_runs.json): cells whose run directories "
+                             "are gone are read from it, and every run read is merged into it")  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run (after --)")
     args = parser.parse_args(argv)
+    recorded = read_record(args.record)
     cells: dict[tuple[str, str], list[dict]] = {}
     for benchmark in args.benchmarks:
         for regime in args.regimes:
-            if args.finished:
-                runs = [r for s in args.seeds if (r := finished_cell(args.out, regime, benchmark, s)) is not None]
-            else:
-                runs = [run_cell(args.out, regime, benchmark, s, args.overrides) for s in args.seeds]
+            runs = []
+            for seed in args.seeds:
+                key = record_key(regime, benchmark, seed)
+                if args.finished:
+                    result = finished_cell(args.out, regime, benchmark, seed)
+                    run = compact(result) if result is not None else recorded.get(key)
+                else:
+                    run = compact(run_cell(args.out, regime, benchmark, seed, args.overrides))
+                if run is not None:
+                    runs.append(run)
+                    recorded[key] = run
             if runs:
                 cells[regime, benchmark] = runs
     if not cells:
-        raise SystemExit(f"no finished runs under {args.out} for these regimes, benchmarks and seeds")
+        where = f"under {args.out}" + (f" or in {args.record}" if args.record else "")
+        raise SystemExit(f"no finished runs {where} for these regimes, benchmarks and seeds")
+    if args.record is not None:
+        write_record(args.record, recorded)
     at = "best-threshold" if args.threshold is None else f"threshold-{args.threshold} (every method)"
     lines = [
         f"{at} seed mIoU, mean ± std (min–max) over the seeds each cell lists",

@@ -86,3 +86,47 @@ def test_every_cell_builds_prototypes_from_the_training_split(regimes, tmp_path,
     from tests.conftest import compose_config
 
     assert compose_config(overrides).dataset.prototype_split is None
+
+
+def test_record_keeps_the_runs_and_fills_the_cells_whose_directories_are_gone(regimes, tmp_path):
+    """The README's table and figure are redrawn from a record of the runs: a run read once is
+    kept (compacted) and later fills its cell when its directory is gone; a run directory that
+    exists wins over the record."""
+    record, out = tmp_path / "docs" / "regimes_runs.json", tmp_path / "runs"
+    argv = ["--finished", "--out", str(out), "--record", str(record), "--regimes", "frozen",
+            "--benchmarks", "one_body_192", "--seeds", "0", "1"]  # fmt: skip
+
+    def write_run(seed: int, cam: float, lp: float) -> Path:
+        results = fake_results(seed, cam, lp)
+        results["methods"]["cam"]["per_class_iou"] = {"a": 1.0}  # the run's, not the study's
+        run = out / f"frozen-one_body_192_seed{seed}"
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps(results))
+        return run
+
+    first = write_run(0, 30.0, 40.0)
+    regimes.main(argv)
+    kept = json.loads(record.read_text())["runs"]
+    assert list(kept) == ["frozen-one_body_192_seed0"]
+    assert kept["frozen-one_body_192_seed0"]["methods"]["lpcam_official"]["best"]["miou"] == 40.0
+    assert "per_class_iou" not in kept["frozen-one_body_192_seed0"]["methods"]["cam"]
+
+    (first / "results.json").unlink()
+    first.rmdir()
+    write_run(1, 34.0, 41.0)
+    regimes.main(argv)
+    lp = next(r for r in (out / "regimes.md").read_text().splitlines() if "| lpcam_official |" in r)
+    assert "| 0, 1 |" in lp and "+8.5 ± 2.1 (+7.0 to +10.0)" in lp  # seed 0 from the record, seed 1 from its run
+    assert sorted(json.loads(record.read_text())["runs"]) == ["frozen-one_body_192_seed0", "frozen-one_body_192_seed1"]
+
+    write_run(0, 30.0, 50.0)  # run again: its directory's results replace the recorded ones
+    regimes.main(argv)
+    assert json.loads(record.read_text())["runs"]["frozen-one_body_192_seed0"]["methods"]["lpcam_official"]["best"]["miou"] == 50.0
+    assert not list(record.parent.glob("*.tmp"))
+
+
+def test_a_record_that_is_not_one_is_named(regimes, tmp_path):
+    record = tmp_path / "regimes_runs.json"
+    record.write_text('{"cells": []}')
+    with pytest.raises(SystemExit, match="regimes_runs.json: not a regimes record"):
+        regimes.main(["--finished", "--out", str(tmp_path), "--record", str(record), "--regimes", "frozen"])
