@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-CONF = Path(__file__).resolve().parents[1] / "lpcam" / "conf"
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "lpcam" / "conf"
 
 # the smallest run of the real pipeline that still has every stage: seconds on a laptop CPU
 TINY = [
@@ -26,6 +31,20 @@ TINY = [
     "lpcam.k=3",
     "logger=csv",
 ]
+
+
+def experiment_script(name: str) -> Iterator[ModuleType]:
+    """``experiments/<name>.py`` imported as a module, for a fixture to yield: the scripts are
+    not a package (they run as ``python experiments/<name>.py``), and registering the module in
+    ``sys.modules`` while it is used lets its dataclasses resolve their own annotations."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[name]
 
 
 def compose_config(overrides: list[str], config_dir: Path = CONF) -> DictConfig:

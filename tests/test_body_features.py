@@ -3,10 +3,7 @@ probe measures separation on held-out images, and --terms scores the map's two t
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,18 +12,12 @@ from hydra.utils import instantiate
 from lpcam.models.classifier import Classifier
 from lpcam.pipeline import prototype_settings
 from lpcam.stages.prototypes import collect_features
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import experiment_script
 
 
 @pytest.fixture(scope="module")
 def body_features():
-    spec = importlib.util.spec_from_file_location("body_features", ROOT / "experiments" / "body_features.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["body_features"] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules["body_features"]
+    yield from experiment_script("body_features")
 
 
 def test_positions_are_split_and_tagged_as_the_prototype_build(body_features, tiny):

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import experiment_script
 
 
 @pytest.fixture(scope="module")
 def regimes():
-    spec = importlib.util.spec_from_file_location("regimes", ROOT / "experiments" / "regimes.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["regimes"] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules["regimes"]
+    yield from experiment_script("regimes")
 
 
 def fake_results(seed: int, cam: float, lpcam: float) -> dict:
