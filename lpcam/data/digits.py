@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from lpcam.data.generated import DatasetGenerator, GeneratorSettingError
-from lpcam.data.synthetic import draw_clutter, noise_background
+from lpcam.data.synthetic import cluttered_background
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
@@ -71,10 +71,7 @@ class HandwrittenDigits(DatasetGenerator):
         """Canvas number ``index``: (H, W, 3) uint8 and its class map (0 background, 1..10, 255 rim)."""
         sources = self._sources[1 if index >= self.num_train else 0]
         s = self.image_size
-        yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
-        image = noise_background(rng, s)
-        for _ in range(rng.integers(self.clutter[0], self.clutter[1] + 1)):
-            draw_clutter(rng, image, xx, yy)
+        image, xx, yy = cluttered_background(rng, s, self.clutter)
         seg = np.zeros((s, s), np.uint8)
         n_obj = int(rng.integers(1, self.max_objects + 1))
         for c in rng.choice(10, size=n_obj, replace=False):

@@ -102,10 +102,7 @@ class SyntheticParts(DatasetGenerator):
     def sample(self, rng: np.random.Generator, index: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One image (H, W, 3) uint8, its class map (0 bg, 1..C) and part map (0, 1 head, 2 body)."""
         s = self.image_size
-        yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
-        image = noise_background(rng, s)
-        for _ in range(rng.integers(self.clutter[0], self.clutter[1] + 1)):
-            draw_clutter(rng, image, xx, yy)
+        image, xx, yy = cluttered_background(rng, s, self.clutter)
         seg = np.zeros((s, s), np.uint8)
         parts = np.zeros((s, s), np.uint8)
         n_obj = int(rng.integers(1, self.max_objects + 1))
@@ -168,6 +165,20 @@ def _texture(pattern: str, u, v, a, b, period: float, angle: float) -> np.ndarra
     else:  # pragma: no cover - the tables above name only these
         raise ValueError(pattern)
     return np.where(on[:, None], a[None], b[None]).astype(np.float32)
+
+
+def cluttered_background(
+    rng: np.random.Generator, s: int, clutter: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An (s, s, 3) float image of coloured noise with ``clutter[0]``–``clutter[1]`` textured
+    shapes on it, and the pixel grid (xx, yy) the objects are then drawn with. Shared by the
+    synthetic and the digits generators; the order of the draws is part of each benchmark, so a
+    change to it changes every image a seed gives."""
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    image = noise_background(rng, s)
+    for _ in range(rng.integers(clutter[0], clutter[1] + 1)):
+        draw_clutter(rng, image, xx, yy)
+    return image, xx, yy
 
 
 def noise_background(rng: np.random.Generator, s: int) -> np.ndarray:
