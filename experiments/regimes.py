@@ -161,11 +161,17 @@ def figure(cells: dict[tuple[str, str], list[dict]], path: Path, threshold: floa
             for runs in cells.values():
                 res = [point(r["methods"][m], threshold) for r in runs]
                 v = [x[0] if key == "miou" else x[1].get(key) for x in res]
-                v = [0.0] if None in v else v
+                if None in v:  # a benchmark without a part map (digits): no bar, a label instead
+                    means.append(math.nan), stds.append(math.nan)
+                    continue
                 means.append(statistics.fmean(v))
                 stds.append(statistics.stdev(v) if len(v) > 1 else 0.0)
             ax.bar([j + (i - 1) * 0.27 for j in range(len(cells))], means, width=0.27, yerr=stds, capsize=2, label=m)
+        for j, runs in enumerate(cells.values()):
+            if key != "miou" and any(point(r["methods"]["cam"], threshold)[1].get(key) is None for r in runs):
+                ax.text(j, 3, "no part map", ha="center", va="bottom", rotation=90, fontsize=8, color="0.4")
         ax.set_xticks(range(len(cells)), names, fontsize=8)
+        ax.set_xlim(-0.6, len(cells) - 0.4)  # the same cells on both panels, drawn bars or not
         ax.set_ylabel(label)
         ax.set_ylim(0, 100)
     axes[0].legend(fontsize=8)
