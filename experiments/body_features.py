@@ -189,11 +189,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("runs", type=Path, nargs="+", help="run directories (each with .hydra/ and checkpoints/)")
     parser.add_argument("--terms", action="store_true", help="also where each run's prototypes match (its prototypes.pt)")
     args = parser.parse_args(argv)
+    missing = [run for run in args.runs if args.terms and not (run / "prototypes.pt").is_file()]
+    if missing:  # before any run is read: a run takes minutes
+        raise SystemExit(f"{', '.join(map(str, missing))}: no prototypes.pt; --terms needs each run's prototypes")
     torch.manual_seed(0)
     lines, terms = list(HEADER), list(TERMS_HEADER)
     for run in args.runs:
-        if args.terms and not (run / "prototypes.pt").is_file():
-            raise SystemExit(f"{run}: no prototypes.pt; --terms needs the run's prototypes")
         classifier, loader, settings = load_run(run)
         p = positions(classifier, loader, settings)
         lines.append(row(run.name, p))

@@ -156,20 +156,20 @@ def figure(cells: dict[tuple[str, str], list[dict]], path: Path, threshold: floa
     names = [f"{r}\n{b}" for r, b in cells]
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.3 * len(cells) * 2), 4))
     for ax, (key, label) in zip(axes, [("shared", "recall of the bodies (%)"), ("miou", "seed mIoU (%)")]):
+        no_parts = set()  # cells of a benchmark without a part map (digits): a label, not a bar
         for i, m in enumerate(("cam", "lpcam_official", "lpcam_max")):
             means, stds = [], []
-            for runs in cells.values():
+            for j, runs in enumerate(cells.values()):
                 res = [point(r["methods"][m], threshold) for r in runs]
                 v = [x[0] if key == "miou" else x[1].get(key) for x in res]
-                if None in v:  # a benchmark without a part map (digits): no bar, a label instead
-                    means.append(math.nan), stds.append(math.nan)
-                    continue
+                if None in v:
+                    no_parts.add(j)
+                    v = [math.nan]
                 means.append(statistics.fmean(v))
                 stds.append(statistics.stdev(v) if len(v) > 1 else 0.0)
             ax.bar([j + (i - 1) * 0.27 for j in range(len(cells))], means, width=0.27, yerr=stds, capsize=2, label=m)
-        for j, runs in enumerate(cells.values()):
-            if key != "miou" and any(point(r["methods"]["cam"], threshold)[1].get(key) is None for r in runs):
-                ax.text(j, 3, "no part map", ha="center", va="bottom", rotation=90, fontsize=8, color="0.4")
+        for j in no_parts:
+            ax.text(j, 3, "no part map", ha="center", va="bottom", rotation=90, fontsize=8, color="0.4")
         ax.set_xticks(range(len(cells)), names, fontsize=8)
         ax.set_xlim(-0.6, len(cells) - 0.4)  # the same cells on both panels, drawn bars or not
         ax.set_ylabel(label)

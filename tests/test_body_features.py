@@ -123,3 +123,13 @@ def test_terms_table_of_a_finished_run(body_features, uninterrupted, capsys):
     assert float(cells[0]) == pytest.approx(sum(c["class"] for c in counts) / len(counts), abs=0.05)
     assert float(cells[1]) == pytest.approx(sum(c["context"] for c in counts) / len(counts), abs=0.05)
     assert all(0.0 <= float(v) <= 1.0 for v in cells[2:])
+
+
+def test_terms_refuses_runs_without_prototypes_before_reading_any(body_features, tmp_path):
+    """A run without prototypes.pt is named before any run is read (each takes minutes): the first
+    directory here has prototypes but no config, so reading it would fail otherwise."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir(), second.mkdir()
+    (first / "prototypes.pt").write_bytes(b"")
+    with pytest.raises(SystemExit, match="second: no prototypes.pt"):
+        body_features.main([str(first), str(second), "--terms"])
