@@ -306,3 +306,27 @@ def test_reused_conversion_buffers_give_the_float32_result(dtype):
         b = kmeans(xd.to(torch.float32), 7, metric=metric, chunk_size=256, seed=0)
         assert torch.equal(a.centres, b.centres) and torch.equal(a.labels, b.labels)
         assert a.iterations == b.iterations > 1 and a.inertia == b.inertia
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("k", [1, 4, 6, 12, 16, 20])
+def test_padded_product_gives_the_distances_of_the_centres_alone(metric: str, k: int) -> None:
+    """The centre matrix of the distance product is padded with zero rows for speed; the distances
+    must be those of the k centres only, computed one centre at a time (a zero row must never win,
+    and for the Euclidean metric a padded column would be the row's squared norm: often the minimum)."""
+    g = torch.Generator().manual_seed(k)
+    x = torch.rand(300, 24, generator=g) + 0.1
+    centres = torch.rand(k, 24, generator=g) * 3
+    rows = km._Rows(x, chunk_size=128)
+    got = km._dist_to_many(rows, centres, metric)
+    assert got.shape == (300, k)
+    assert km._padded_rows(k) >= k
+    one_at_a_time = torch.cat([km._dist_to_many(rows, centres[j : j + 1], metric) for j in range(k)], dim=1)
+    torch.testing.assert_close(got, one_at_a_time, rtol=1e-5, atol=1e-5)
+    if metric == "cosine":
+        expected = 1 - torch.nn.functional.normalize(x, dim=1) @ torch.nn.functional.normalize(centres, dim=1).T
+    else:
+        expected = torch.cdist(x.double(), centres.double()).square().float()
+    torch.testing.assert_close(got, expected.clamp_min(0), rtol=1e-4, atol=1e-4)
+    labels, _, _, counts = km._assign(rows, centres, metric)
+    assert int(labels.max()) < k and counts.shape == (k,) and int(counts.sum()) == 300
