@@ -24,6 +24,7 @@ repeat; peak memory is each child process's maximum resident set.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import subprocess
@@ -52,6 +53,23 @@ def best_of(fn: Callable[[], object], repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return min(times)
+
+
+def best_of_each(
+    fns: dict[str, Callable[[], object]], repeat: int, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, float]:
+    """The fastest of ``repeat`` timed calls of each function, called in turn (a, b, c, a, b, c, ...)
+    rather than one after the other, so that a slow spell of the machine (other tenants, clock
+    changes) falls on every method alike instead of on whichever ran during it. On the 2-core AMD
+    machine scikit-learn's best-of-3 fit of the same rows took 0.56 s in one run and 1.23 s in
+    another; timed back to back, the ratios moved with it."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t = clock()
+            fn()
+            times[name].append(clock() - t)
+    return {name: min(ts) for name, ts in times.items()}
 
 
 def table(title: str, header: list[str], rows: list[list[object]]) -> None:
@@ -256,7 +274,8 @@ def euclidean_inertia(x: torch.Tensor, labels, centres) -> float:
 
 def section_kmeans(args) -> None:
     """Each method on the same rows, one restart, 100 iterations at most, the best of ``--repeat``
-    fits (each from the same seed, so the same result); inertia by one formula.
+    fits (each from the same seed, so the same result), the methods' fits taken in turn
+    (:func:`best_of_each`); inertia by one formula.
 
     Cosine: lpcam clusters the raw rows by cosine; scikit-learn and faiss (spherical) get the
     L2-normalised rows, the usual way to run them for cosine. Faiss runs a fixed number of
@@ -270,6 +289,8 @@ def section_kmeans(args) -> None:
         import faiss
     except ImportError:
         faiss = None
+    # lpcam's default seeding, scikit-learn's (greedy), and greedy on 256 rows per centre
+    seedings = (("kmeans++", None), ("greedy", None), ("greedy", 256 * 12))
     rows = []
     for n in args.kmeans_sizes:
         x = mixture(n)
@@ -277,20 +298,28 @@ def section_kmeans(args) -> None:
             data = F.normalize(x, dim=1) if metric == "cosine" else x
             inertia = cosine_inertia if metric == "cosine" else euclidean_inertia
             sk = KMeans(12, n_init=1, max_iter=100, random_state=0, algorithm="lloyd")
-            t_sk = best_of(lambda: sk.fit(data.numpy()), args.repeat)
+            fits: dict[str, Callable[[], object]] = {"sklearn": lambda: sk.fit(data.numpy())}
+            results, kms = {}, {}
+            for init, sample in seedings:
+                fit = functools.partial(kmeans, x, 12, metric=metric, seed=0, max_iter=100, init=init, init_sample=sample)
+                fits[f"lpcam {init} {sample}"] = fit
+                results[init, sample] = fit()  # every fit from the same seed gives this result
+                if faiss is not None:
+                    # Faiss has no tolerance: it gets lpcam's iteration count, and every row.
+                    km = faiss.Kmeans(512, 12, niter=results[init, sample].iterations, nredo=1, seed=1,
+                                      spherical=metric == "cosine", max_points_per_centroid=n, verbose=False)  # fmt: skip
+                    kms[init, sample] = km
+                    fits[f"faiss {init} {sample}"] = functools.partial(km.train, data.numpy())  # trains afresh
+            times = best_of_each(fits, args.repeat)
             i_sk = inertia(x, sk.labels_, sk.cluster_centers_)
-            # lpcam's default seeding, scikit-learn's (greedy), and greedy on 256 rows per centre
-            for init, sample in (("kmeans++", None), ("greedy", None), ("greedy", 256 * 12)):
-                fit = lambda: kmeans(x, 12, metric=metric, seed=0, max_iter=100, init=init, init_sample=sample)  # noqa: E731
-                t_ours = best_of(fit, args.repeat)
-                ours = fit()
+            for init, sample in seedings:
+                ours, t_ours = results[init, sample], times[f"lpcam {init} {sample}"]
                 i_ours = inertia(x, ours.labels, ours.centres)
                 name = f"{n:,} × 512, {metric}, lpcam init={init}" + (f", init_sample={sample}" if sample else "")
-                row = [name, t_ours, ours.iterations, t_sk, sk.n_iter_, t_sk / t_ours, i_sk / i_ours - 1]
+                row = [name, t_ours, ours.iterations, times["sklearn"], sk.n_iter_, times["sklearn"] / t_ours,
+                       i_sk / i_ours - 1]  # fmt: skip
                 if faiss is not None:
-                    km = faiss.Kmeans(512, 12, niter=ours.iterations, nredo=1, seed=1, spherical=metric == "cosine",
-                                      max_points_per_centroid=n, verbose=False)  # fmt: skip
-                    t_faiss = best_of(lambda: km.train(data.numpy()), args.repeat)  # each call trains afresh
+                    km, t_faiss = kms[init, sample], times[f"faiss {init} {sample}"]
                     _, labels = km.index.search(data.numpy(), 1)
                     row += [t_faiss, t_ours / t_faiss, inertia(x, labels[:, 0], km.centroids) / i_ours - 1]
                 else:
