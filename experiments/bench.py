@@ -60,9 +60,10 @@ def best_of_each(
 ) -> dict[str, float]:
     """The fastest of ``repeat`` timed calls of each function, called in turn (a, b, c, a, b, c, ...)
     rather than one after the other, so that a slow spell of the machine (other tenants, clock
-    changes) falls on every method alike instead of on whichever ran during it. On the 2-core AMD
-    machine scikit-learn's best-of-3 fit of the same rows took 0.56 s in one run and 1.23 s in
-    another; timed back to back, the ratios moved with it."""
+    changes) falls on every method alike instead of on whichever ran during it. It cannot steady a
+    baseline whose own time moves for a whole run: on the 2-core AMD machine with AVX512-BF16,
+    scikit-learn's best of three fits of the same rows took 0.66 s in one interleaved run and
+    1.05 s in the next, while lpcam's moved by 17 % (the README's k-means table there)."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():

