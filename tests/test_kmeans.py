@@ -114,14 +114,16 @@ def test_default_chunks_hold_a_fixed_number_of_values_whatever_the_feature_size(
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-def test_default_chunks_give_the_result_of_fixed_8192_row_chunks_bit_for_bit(metric):
-    # 20,000 x 128 rows: one default chunk against three of 8192 rows (the earlier default).
+def test_default_chunks_give_the_result_of_fixed_8192_row_chunks(metric):
+    # 20,000 x 128 rows: one default chunk against three of 8192 rows (the earlier default). On the
+    # machine where the rule was measured the centres were bit-identical; another BLAS may round a
+    # row's product by where its chunk ends, so the centres are held to float32 rounding only.
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(8, 128, generator=g)[torch.randint(8, (20000,), generator=g)]
          + 1.5 * torch.randn(20000, 128, generator=g)).relu()  # fmt: skip
     by_size, fixed = kmeans(x, 12, metric=metric, seed=0), kmeans(x, 12, metric=metric, seed=0, chunk_size=8192)
-    assert torch.equal(by_size.centres, fixed.centres) and torch.equal(by_size.labels, fixed.labels)
-    assert by_size.iterations == fixed.iterations
+    assert torch.equal(by_size.labels, fixed.labels) and by_size.iterations == fixed.iterations
+    torch.testing.assert_close(by_size.centres, fixed.centres, rtol=0, atol=1e-6)
     assert by_size.inertia == pytest.approx(fixed.inertia, rel=1e-12)  # float64 sums grouped by chunk
 
 

@@ -15,8 +15,9 @@ the procedure:
   convergence test (by default; ``init="random"``, ``stop="total"``, ``max_iter=None``
   give the official code's semantics, seeded);
 * bounded in memory: rows are processed in chunks of ``chunk_size`` (by default as many
-  rows as make 2**22 values, 16 MB of float32), so the extra memory is O(chunk_size * K) for distances (plus one chunk of rows in float64 for the sums, and
-  one in float32 for other input dtypes, each a buffer reused chunk after chunk) and
+  rows as make 2**22 values, 16 MB of float32), so the extra memory is O(chunk_size * K)
+  for distances (plus one chunk of rows in float64 for the sums, and one in float32 for
+  other input dtypes, each a buffer reused chunk after chunk) and
   O(K * D) for centres and their running sums; N x K x D is never formed and the input is
   never copied as a whole (float16/float64 inputs are converted to float32 chunk by chunk);
 * cheap per iteration: the float64 cluster sums are computed in full once, then updated by
