@@ -45,16 +45,6 @@ SECTIONS = ("build", "voc", "kmeans", "extraction", "memory", "thresholds")
 # --------------------------------------------------------------------------- helpers
 
 
-def best_of(fn: Callable[[], object], repeat: int) -> float:
-    """The fastest of ``repeat`` timed calls (the least disturbed by the rest of the machine)."""
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
 def best_of_each(
     fns: dict[str, Callable[[], object]], repeat: int, clock: Callable[[], float] = time.perf_counter
 ) -> dict[str, float]:
@@ -71,6 +61,12 @@ def best_of_each(
             fn()
             times[name].append(clock() - t)
     return {name: min(ts) for name, ts in times.items()}
+
+
+def best_of(fn: Callable[[], object], repeat: int) -> float:
+    """The fastest of ``repeat`` timed calls of one function (the least disturbed by the rest of the
+    machine)."""
+    return best_of_each({"": fn}, repeat)[""]
 
 
 def table(title: str, header: list[str], rows: list[list[object]]) -> None:
