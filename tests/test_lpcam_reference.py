@@ -1,33 +1,35 @@
-"""lpcam's vectorised LPCAM maps against a plain reference of the official map (issue 8, item 4).
+"""lpcam's vectorised LPCAM maps against a plain reference of the official map.
 
-The reference below is written from the description of the official code's ``make_lpcam`` in
-../shared/REFERENCE.md, one loop per image, class, scale and prototype, sharing nothing with lpcam
-but the classifier's backbone: per scale, the features of the rescaled image and of its mirror
-image (flipped back) are summed; each class prototype gives a cosine-similarity map, their mean
-is the foreground term; with context prototypes the map is ReLU(foreground − mean context
-similarity), without them the foreground term alone; each scale's map is upsampled (bilinear) to
-the image, the scales are averaged and the result divided by its maximum.
+The reference below is written from the official code's ``make_lpcam`` (and the loader it uses),
+one loop per image, class, scale and prototype, sharing nothing with lpcam but the classifier's
+backbone: per scale, the 8-bit image is resized with PIL's bicubic filter (IRN's loader; scale 1
+is the image itself), and the features of the rescaled image and of its mirror image (flipped
+back) are summed; each class prototype gives a cosine-similarity map, their mean is the
+foreground term; with context prototypes the map is ReLU(foreground − mean context similarity),
+without them the foreground term alone; each scale's map is upsampled (bilinear) to the image's
+size rounded up to a multiple of 16 and cropped to the image (IRN's ``strided_up_size``), the
+scales are averaged and the result divided by its maximum. The fixture's 37 × 50 images are no
+multiples of 16, so the crop matters.
 
-lpcam's maps are taken where the evaluation takes them: :meth:`CamEvaluator.maps`, which runs the
-methods :func:`build_methods` makes over one shared multi-scale forward pass.
+lpcam's maps are taken where the evaluation takes them, under the official protocol's
+``evaluation.rescale=pil_bicubic`` and ``evaluation.upsample=padded``:
+:meth:`CamEvaluator.maps`, which runs the methods :func:`build_methods` makes over one shared
+multi-scale forward pass.
 
 Two differences are expected and asserted as such, not hidden by the tolerance:
 - lpcam divides by ``max + 1e-5`` (IRN's normalisation, shared with CAM), the official code by the
   max alone, so lpcam's map is the reference times ``max / (max + 1e-5)``;
 - a map that is zero everywhere (every position closer to the context than to the class) is
   0 / 0 = NaN in the official code, zeros in lpcam.
-Two official details are left out of the reference, as they are out of lpcam (README, "The
-official protocol"): the official loader rescales the uint8 image with PIL (bicubic) before
-normalising it, where the reference, as lpcam, rescales the tensor (bilinear); and the official
-code upsamples each scale's map to the image size rounded up to a multiple of 16, then crops it,
-which equals the direct upsampling used here for the fixture's 48 × 64 images (multiples of 16).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from lpcam.cams.aggregation import official
@@ -47,8 +49,10 @@ def reference_features(extract, image: Tensor, scale: float) -> Tensor:
     """(D, h, w): features of one image at one scale plus those of its mirror image, flipped back."""
     h, w = image.shape[-2:]
     x = image[None]
-    if scale != 1.0:
-        x = F.interpolate(x, size=(round(h * scale), round(w * scale)), mode="bilinear", align_corners=False)
+    if scale != 1.0:  # IRN's pil_rescale(img, scale, order=3) of the 8-bit image
+        pixels = (image.permute(1, 2, 0) * 255).round().byte().numpy()
+        resized = Image.fromarray(pixels).resize((int(np.round(w * scale)), int(np.round(h * scale))), Image.BICUBIC)
+        x = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255).permute(2, 0, 1)[None]
     plain = extract(x)[0]
     mirrored = extract(x.flip(-1))[0].flip(-1)
     return plain + mirrored
@@ -73,7 +77,9 @@ def reference_unnormalised(
         if use_context and len(context_protos) > 0:
             context = torch.stack([cosine_map(feature, q) for q in context_protos]).mean(0)
             att = F.relu(fg - context)
-        upsampled.append(F.interpolate(att[None, None], size=size, mode="bilinear", align_corners=False)[0, 0])
+        padded = (-(-size[0] // 16) * 16, -(-size[1] // 16) * 16)  # strided_up_size(size, 16)
+        up = F.interpolate(att[None, None], size=padded, mode="bilinear", align_corners=False)[0, 0]
+        upsampled.append(up[: size[0], : size[1]])
     return torch.stack(upsampled).mean(0)
 
 
@@ -88,19 +94,20 @@ def reference_lpcam(*args, **kwargs) -> Tensor:
 
 @pytest.fixture(scope="module")
 def fixture():
-    """A tiny random classifier (output stride 4, 16 channels), two 48 × 64 images with labels,
+    """A tiny random classifier (output stride 4, 16 channels), two 37 × 50 8-bit images with labels,
     and random prototypes for four classes: two with context prototypes, one without, and one
     whose context prototypes equal its class prototypes (its official map is 0 / 0)."""
     torch.manual_seed(0)
     model = Classifier(small_resnet(widths=(8, 16, 16), stem_width=8), num_classes=4).eval()
-    images = torch.rand(2, 3, 48, 64)
+    images = (torch.rand(2, 3, 37, 50) * 255).round() / 255  # as read from 8-bit files
     labels = torch.tensor([[1.0, 1.0, 0.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
     d = model.backbone.out_channels
     # non-negative like the centres of ReLU features, with a varied spread so maps are not flat
     protos = [torch.rand(n, d) ** 3 for n in (3, 2, 4, 2)]
     context = [torch.rand(2, d) ** 3, torch.rand(3, d) ** 3, torch.zeros(0, d), protos[3].clone()]
     prototypes = Prototypes(protos, context)
-    settings = EvaluationSettings(scales=SCALES, flip=True, compare_rules=("fg_only",), num_examples=0)
+    settings = EvaluationSettings(scales=SCALES, flip=True, rescale="pil_bicubic", upsample="padded",
+                                  compare_rules=("fg_only",), num_examples=0)  # fmt: skip
     evaluator = CamEvaluator(model, prototypes, ["a", "b", "c", "d"], official, settings)
     with torch.no_grad():
         maps = evaluator.maps(images, labels)

@@ -1,4 +1,4 @@
-"""``lpcam=official_protocol``: the official code's protocol as a preset (issue 8, item 3).
+"""``lpcam=official_protocol``: the official code's protocol as a preset.
 
 What it changes (the split CAM, the prototype images, the k-means, the caps, the fallback, the
 seed threshold), that it runs, and that each new setting does what the official code does.
@@ -33,7 +33,10 @@ def test_the_preset_states_the_official_protocol_and_nothing_else():
     assert {k: o[k] for k in o if o[k] != d[k]} == {
         "split_scales": list(SCALES), "split_resolution": "image", "max_features_per_class": None,  # as_dict: JSON's lists
         "kmeans_init": "random", "kmeans_stop": "total", "kmeans_tol": 5, "kmeans_max_iter": None, "keep_best": False,
+        "split_rescale": "pil_bicubic", "split_upsample": "padded", "tau_ties": "drop", "kmeans_rng": "numpy",
     }  # fmt: skip
+    e, f = build_settings(default.evaluation), build_settings(official.evaluation)
+    assert (e.rescale, e.upsample) == ("bilinear", "direct") and (f.rescale, f.upsample) == ("pil_bicubic", "padded")
     assert o["split_flip"] is True and o["k"] == 12 and o["tau"] == 0.1  # as the default: VOC's official values
     # the seed-evaluation split (VOC train), not train_aug: lpcam's default too, and the preset's
     # under any dataset config
@@ -219,5 +222,89 @@ def test_every_kmeans_setting_reaches_the_kmeans_call(monkeypatch):
                           kmeans_stop="total", kmeans_tol=0.5, kmeans_max_iter=7, seed=5)  # fmt: skip
     res = clustering.cluster(torch.rand(100, 4, generator=torch.Generator().manual_seed(0)), s)
     assert seen == {"k": 3, "metric": "euclidean", "max_iter": 7, "tol": 0.5, "seed": 5, "init": "greedy",
-                    "stop": "total", "init_sample": 40}  # fmt: skip
+                    "stop": "total", "init_sample": 40, "start": None}  # fmt: skip
     assert res.iterations <= 7
+
+
+# ------------------------------------------------------------------ the τ boundary
+
+
+def test_tau_ties_drop_leaves_positions_exactly_at_tau_out_of_both_sides(classifier, monkeypatch):
+    """The official code keeps CAM > τ as foreground and CAM < τ as background: a position at τ is in neither."""
+    import lpcam.stages.prototypes as stage
+
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        feats = classifier.features(images)
+    grid = feats.shape[-2:]
+    cams = torch.full((2, 3, *grid), 0.05)
+    cams[:, :, 0, :] = 0.1  # one row exactly at τ
+    cams[:, :, 1, :] = 0.5
+    monkeypatch.setattr(stage, "split_cams", lambda model, x, settings: (feats, cams))
+    batch = {"image": images, "label": torch.tensor([[1.0, 0, 1], [0, 1, 0]]),
+             "mask": torch.zeros(2, 32, 32, dtype=torch.long), "parts": torch.zeros(2, 32, 32, dtype=torch.long)}  # fmt: skip
+    row = grid[1]
+    for ties, bg_rows in (("background", grid[0] - 1), ("drop", grid[0] - 2)):
+        pool = stage.collect_features(classifier, [batch], 3, PrototypeSettings(tau=0.1, tau_ties=ties), progress=False)
+        assert [len(side.rows) for side in pool.fg] == [row, row, row]
+        assert [len(side.rows) for side in pool.bg] == [bg_rows * row] * 3  # image 0: two classes, image 1: one
+
+
+def test_tau_ties_and_the_split_rescale_reach_the_feature_cache_key():
+    s = PrototypeSettings()
+    for change in ({"tau_ties": "drop"}, {"split_rescale": "pil_bicubic"}, {"split_upsample": "padded"}):
+        assert PrototypeSettings(**{**s.as_dict(), **change}).sampling_dict() != s.sampling_dict()
+
+
+def test_the_split_cam_uses_its_rescale_and_upsampling(classifier):
+    images = (torch.rand(2, 3, 40, 56) * 255).round() / 255
+    settings = PrototypeSettings(split_scales=SCALES, split_resolution="image", split_rescale="pil_bicubic", split_upsample="padded")
+    with torch.no_grad():
+        feats, cams = split_cams(classifier, images, settings)
+        views = multiscale_features(classifier.features, images, SCALES, True, "pil_bicubic")
+        full = cam_maps(views, classifier.weights, (40, 56), "padded")
+        torch.testing.assert_close(cams, F.interpolate(full, size=feats.shape[-2:], mode="nearest"))
+        _, bilinear = split_cams(classifier, images, PrototypeSettings(split_scales=SCALES, split_resolution="image"))
+    assert not torch.equal(cams, bilinear)
+
+
+# ------------------------------------------------------------------ the official k-means's draws
+
+
+def test_kmeans_from_given_rows_starts_there():
+    x = blobs()
+    start = torch.tensor([5, 17, 100, 230])
+    one = kmeans(x, 4, init="random", max_iter=1, start=start)
+    labels = (F.normalize(x, dim=1) @ F.normalize(x[start], dim=1).T).argmax(1)
+    torch.testing.assert_close(one.centres, torch.stack([x[labels == j].mean(0) for j in range(4)]))
+    with pytest.raises(ValueError, match="start must be 4 distinct row indices"):
+        kmeans(x, 4, init="random", start=torch.tensor([1, 1, 2, 3]))
+    with pytest.raises(ValueError, match="start .* goes with init='random'"):
+        kmeans(x, 4, init="kmeans++", start=start)
+
+
+def test_numpy_draws_are_kmeans_pytorchs_class_by_class(monkeypatch):
+    """kmeans_pytorch draws its initial rows with np.random.choice(n, k, replace=False); the official
+    code clusters class 0's foreground, then its background, then class 1's...: lpcam.kmeans_rng=numpy
+    makes the same calls on RandomState(lpcam.seed), so a draw is the official code's after np.random.seed."""
+    import numpy as np
+
+    import lpcam.prototypes.clustering as clustering
+    from lpcam.prototypes.pool import FeaturePool
+
+    starts = []
+    monkeypatch.setattr(clustering, "kmeans", lambda rows, k, **kw: starts.append((len(rows), kw["start"])) or kmeans(rows, k, **kw))
+    pool = FeaturePool(2, 8, cap=1000)
+    g = torch.Generator().manual_seed(0)
+    for c, (n_fg, n_bg) in enumerate([(40, 90), (25, 60)]):
+        pool.fg[c].add(torch.rand(n_fg, 8, generator=g))
+        pool.bg[c].add(torch.rand(n_bg, 8, generator=g))
+    settings = PrototypeSettings(k=3, kmeans_init="random", kmeans_rng="numpy", kmeans_stop="total", kmeans_tol=5, seed=7)
+    clustering.cluster_and_select(pool, torch.rand(2, 8, generator=g), ["a", "b"], settings, progress=False)
+    np.random.seed(7)  # what the official code's k-means would draw after np.random.seed(7)
+    expected = [(n, np.random.choice(n, 3, replace=False)) for n in (40, 90, 25, 60)]
+    assert [n for n, _ in starts] == [n for n, _ in expected]
+    for (_, ours), (_, theirs) in zip(starts, expected):
+        assert ours.tolist() == theirs.tolist()
+    with pytest.raises(InputError, match="lpcam.kmeans_rng='numpy': expected torch or numpy \\(numpy only with lpcam.kmeans_init=random\\)"):
+        PrototypeSettings(kmeans_rng="numpy")

@@ -59,6 +59,9 @@ def test_a_new_prototype_setting_reaches_the_prototypes_file_and_the_feature_cac
         ({"pool_memory_mb": 0}, "lpcam.pool_memory_mb=0: expected megabytes > 0"),
         ({"pool_memory_mb": None, "max_features_per_class": None}, "lpcam.pool_memory_mb=None: expected megabytes"),
         ({"pool_dtype": "int8"}, "lpcam.pool_dtype='int8': expected float32 or float16 or bfloat16"),
+        ({"split_rescale": "bicubic"}, "lpcam.split_rescale='bicubic': expected bilinear or pil_bicubic"),
+        ({"split_upsample": "pad"}, "lpcam.split_upsample='pad': expected direct or padded"),
+        ({"tau_ties": "foreground"}, "lpcam.tau_ties='foreground': expected background or drop"),
     ],
 )
 def test_prototype_settings_name_the_field_and_the_range(kwargs, message):
@@ -72,6 +75,7 @@ def test_settings_are_frozen_and_give_their_dicts():
         s.k = 3  # type: ignore[misc]
     assert s.sampling_dict() == {
         "tau": 0.1, "split_scales": (1.0,), "split_flip": True, "split_resolution": "feature_grid",
+        "split_rescale": "bilinear", "split_upsample": "direct", "tau_ties": "background",
         "max_features_per_class": 20000, "pool_memory_mb": 4096, "pool_dtype": "float32", "feature_dtype": "float32",
         "seed": 0,
     }  # fmt: skip
@@ -86,3 +90,15 @@ def test_evaluation_settings_take_lists_and_refuse_off_grid_thresholds():
         EvaluationSettings(default_threshold=0.33)
     with pytest.raises(InputError, match="evaluation.num_examples=-1"):
         EvaluationSettings(num_examples=-1)
+    with pytest.raises(InputError, match="evaluation.rescale='nearest': expected bilinear or pil_bicubic"):
+        EvaluationSettings(rescale="nearest")
+    with pytest.raises(InputError, match="evaluation.upsample='crop': expected direct or padded"):
+        EvaluationSettings(upsample="crop")
+
+
+def test_the_split_cam_offers_the_evaluations_rescale_and_upsample_rules():
+    """The prototype layer cannot import the CAM layer, so it repeats the two rules' names: the same names."""
+    from lpcam.cams.multiscale import RESCALES, UPSAMPLES
+    from lpcam.prototypes.settings import SPLIT_RESCALES, SPLIT_UPSAMPLES
+
+    assert SPLIT_RESCALES == RESCALES and SPLIT_UPSAMPLES == UPSAMPLES

@@ -31,13 +31,15 @@ class Batch:
     extract: Callable[[Tensor], Tensor]
     scales: Sequence[float] = (1.0,)
     flip: bool = False
+    rescale: str = "bilinear"  # how the images are resized for a scale other than 1 (lpcam.cams.multiscale)
+    upsample: str = "direct"  # how each scale's map reaches the image's size
     memo: dict[Any, Any] = field(default_factory=dict)
 
     @property
     def features(self) -> list[Tensor]:
         """Per scale, (V, B, D, h, w) features (V = 2 with ``flip``): see ``multiscale_features``."""
         if "features" not in self.memo:
-            self.memo["features"] = multiscale_features(self.extract, self.images, self.scales, self.flip)
+            self.memo["features"] = multiscale_features(self.extract, self.images, self.scales, self.flip, self.rescale)
         return self.memo["features"]
 
     @property
@@ -48,6 +50,11 @@ class Batch:
     @property
     def size(self) -> tuple[int, int]:
         return tuple(self.images.shape[-2:])
+
+    def upsample_to(self, size: tuple[int, int]) -> str:
+        """The upsampling rule for maps of ``size``: the batch's at the image's size (IRN's
+        ``high_res``), ``direct`` at any other (IRN resizes its stride-4 ``cam`` straight)."""
+        return self.upsample if tuple(size) == self.size else "direct"
 
 
 class CamMethod:
@@ -62,7 +69,8 @@ class CamMethod:
 
     def maps(self, batch: Batch, size: tuple[int, int] | None = None) -> Tensor:
         """(B, C, *size) maps, each divided by its maximum (``size`` defaults to the image's)."""
-        return merge_scales(self.per_scale(batch), size or batch.size)
+        size = tuple(size or batch.size)
+        return merge_scales(self.per_scale(batch), size, batch.upsample_to(size))
 
 
 def resized(maps: Tensor, size: tuple[int, int]) -> Tensor:

@@ -12,13 +12,14 @@ from lpcam.cams.base import Batch, CamMethod
 from lpcam.cams.multiscale import merge_scales
 
 
-def cam_maps(feature_views: list[Tensor], weights: Tensor, size: tuple[int, int]) -> Tensor:
+def cam_maps(feature_views: list[Tensor], weights: Tensor, size: tuple[int, int], upsample: str = "direct") -> Tensor:
     """(B, C, H, W) CAMs for every class from per-scale (V, B, D, h, w) features.
 
     Per view ``ReLU(w_c · f)``; the views of a scale (image and flip) are summed, the scales
-    upsampled to ``size`` and summed, each map divided by its maximum.
+    upsampled to ``size`` (by the ``upsample`` rule of :mod:`lpcam.cams.multiscale`) and summed,
+    each map divided by its maximum.
     """
-    return merge_scales(cam_per_scale(feature_views, weights), size)
+    return merge_scales(cam_per_scale(feature_views, weights), size, upsample)
 
 
 def cam_per_scale(feature_views: list[Tensor], weights: Tensor) -> list[Tensor]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
@@ -35,6 +36,7 @@ def cluster_and_select(
     """
     s = settings
     weights = weights.detach().float().cpu()
+    numpy_rows = np.random.RandomState(s.seed) if s.kmeans_rng == "numpy" else None  # one stream, class by class
     class_protos, context_protos, class_scores, context_scores, stats = [], [], [], [], {}
     for c, name in enumerate(tqdm(class_names, desc="prototypes: k-means", disable=not progress, leave=False)):
         fg_rows, bg_rows = pool.fg[c].rows, pool.bg[c].rows
@@ -52,8 +54,8 @@ def cluster_and_select(
             context_scores.append(weights.new_zeros(0))
             stats[name] = {"no_foreground": True, "fg_pool": 0, "bg_pool": pool.bg[c].seen, "halo_share": None}
             continue
-        fg = cluster(fg_rows, s)
-        bg = cluster(bg_rows, s) if len(bg_rows) else None
+        fg = cluster(fg_rows, s, numpy_rows)
+        bg = cluster(bg_rows, s, numpy_rows) if len(bg_rows) else None
         bg_centres = bg.centres if bg is not None else weights.new_zeros(0, weights.shape[1])
         sel = select_prototypes(fg.centres, bg_centres, c, weights, s.mu_fg, s.mu_bg, s.context_min, s.score, s.keep_best)
         class_protos.append(fg.centres[sel.class_idx])
@@ -78,12 +80,24 @@ def cluster_and_select(
     return Prototypes(class_protos, context_protos, {}, stats, class_scores, context_scores)
 
 
-def cluster(rows: Tensor, s: PrototypeSettings) -> KMeansResult:
-    """One side's k-means under the run's settings (K, metric, initialisation, stopping rule)."""
+def cluster(rows: Tensor, s: PrototypeSettings, numpy_rows: np.random.RandomState | None = None) -> KMeansResult:
+    """One side's k-means under the run's settings (K, metric, initialisation, stopping rule);
+    with ``numpy_rows`` its initial rows are the next draw of that stream (:func:`numpy_starts`)."""
+    start = numpy_starts(numpy_rows, len(rows), s.k) if numpy_rows is not None else None
     return kmeans(
         rows, s.k, metric=s.kmeans_metric, max_iter=s.kmeans_max_iter, tol=s.kmeans_tol, seed=s.seed,
-        init=s.kmeans_init, stop=s.kmeans_stop, init_sample=s.kmeans_init_sample,
+        init=s.kmeans_init, stop=s.kmeans_stop, init_sample=s.kmeans_init_sample, start=start,
     )  # fmt: skip
+
+
+def numpy_starts(rng: np.random.RandomState, n: int, k: int) -> Tensor:
+    """The initial rows kmeans_pytorch 0.3 draws: ``np.random.choice(n, k, replace=False)``.
+
+    The official code runs it on each class in turn, foreground then background, from numpy's
+    global (unseeded) stream; ``lpcam.kmeans_rng=numpy`` draws the same calls from
+    ``RandomState(lpcam.seed)``, so that a draw equals the official code's after
+    ``np.random.seed(lpcam.seed)``. Fewer rows than K: all of them (the official code fails)."""
+    return torch.from_numpy(rng.choice(n, min(k, n), replace=False).astype(np.int64))
 
 
 def _complement(idx: Tensor, n: int) -> Tensor:

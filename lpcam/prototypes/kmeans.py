@@ -75,6 +75,7 @@ def kmeans(
     init: Init = "kmeans++",
     stop: Stop = "relative",
     init_sample: int | None = None,
+    start: Tensor | None = None,
 ) -> KMeansResult:
     """Cluster the rows of ``x`` (N, D) into ``k`` centres.
 
@@ -110,6 +111,9 @@ def kmeans(
             row. The seeding is one pass over its rows per centre, a quarter of the run at
             50,000 rows; on a sample it costs next to nothing, as in faiss (which trains on 256
             rows per centre) and scikit-learn's MiniBatchKMeans. None (the default): every row.
+        start: with ``init="random"``, the indices of the k rows to start from instead of
+            drawing them with ``seed`` (the official code's rows, drawn by numpy: see
+            :func:`lpcam.prototypes.clustering.numpy_starts`).
 
     Returns:
         A :class:`KMeansResult`.
@@ -118,6 +122,8 @@ def kmeans(
         ValueError: empty input, non-finite values, wrong shape or bad arguments.
     """
     _validate(x, k, metric, max_iter, tol, chunk_size, init, stop, init_sample)
+    if start is not None and init != "random":
+        raise ValueError(f"start (the initial rows) goes with init='random', not {init!r}")
     if chunk_size is None:
         chunk_size = default_chunk_rows(x.shape[1])
     with torch.no_grad():
@@ -129,7 +135,10 @@ def kmeans(
         gen = torch.Generator(device="cpu").manual_seed(seed)
 
         if init == "random":
-            centres = x.x[torch.randperm(n, generator=gen)[:k].to(x.device)].to(torch.float32)
+            rows = torch.randperm(n, generator=gen)[:k] if start is None else torch.as_tensor(start, dtype=torch.long)
+            if start is not None and (len(rows) != k or len(set(rows.tolist())) != k or rows.min() < 0 or rows.max() >= n):
+                raise ValueError(f"start must be {k} distinct row indices in [0, {n}), got {rows.tolist()}")
+            centres = x.x[rows.to(x.device)].to(torch.float32)
         else:
             trials = 2 + int(math.log(k)) if init == "greedy" else 1
             seeds = x

@@ -151,14 +151,18 @@ class FeaturePool:
         pairs = torch.tensor([[0, c]])
         self.add_batch(features[None], pairs, is_fg[None], None if tags is None else tags[None])
 
-    def add_batch(self, features: Tensor, pairs: Tensor, is_fg: Tensor, tags: Tensor | None = None) -> None:
+    def add_batch(
+        self, features: Tensor, pairs: Tensor, is_fg: Tensor, tags: Tensor | None = None, is_bg: Tensor | None = None
+    ) -> None:
         """Sample a batch: ``features`` (B, D, h, w); ``pairs`` (P, 2) the (image, class) pairs
-        to add, image-major; ``is_fg`` (P, h, w) each pair's CAM > τ split; ``tags`` (P, h, w).
+        to add, image-major; ``is_fg`` (P, h, w) each pair's CAM > τ split; ``tags`` (P, h, w);
+        ``is_bg`` (P, h, w) the background positions, by default every position not in ``is_fg``
+        (a position in neither is left out: the official code's CAM = τ exactly).
 
         The entries are every (pair, side, position), in that order: the order in which adding
         each pair's foreground, then background, positions one pair after another draws from the
         generator. Only the features that are kept are gathered (and copied to the CPU)."""
-        sides = torch.stack([is_fg, ~is_fg], 1).flatten(2)  # (P, 2, hw)
+        sides = torch.stack([is_fg, ~is_fg if is_bg is None else is_bg & ~is_fg], 1).flatten(2)  # (P, 2, hw)
         p, side, pos = sides.nonzero(as_tuple=True)
         image, cls = pairs[p, 0].to(features.device), pairs[p, 1].to(features.device)
         entry_tags = torch.full_like(p, IGNORED) if tags is None else tags.flatten(1)[p, pos]

@@ -23,7 +23,11 @@ FEATURE_DTYPES = ("float32", "bfloat16")
 KMEANS_METRICS = ("cosine", "euclidean")
 KMEANS_INITS = ("kmeans++", "greedy", "random")
 KMEANS_STOPS = ("relative", "total")
+KMEANS_RNGS = ("torch", "numpy")
 SPLIT_RESOLUTIONS = ("feature_grid", "image")
+SPLIT_RESCALES = ("bilinear", "pil_bicubic")  # as lpcam.cams.multiscale.RESCALES (this layer imports no cams)
+SPLIT_UPSAMPLES = ("direct", "padded")  # as lpcam.cams.multiscale.UPSAMPLES
+TAU_TIES = ("background", "drop")
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,9 @@ class PrototypeSettings:
     split_scales: tuple[float, ...] = field(default=(1.0,), metadata=SAMPLING)
     split_flip: bool = field(default=True, metadata=SAMPLING)
     split_resolution: str = field(default="feature_grid", metadata=SAMPLING)  # feature_grid | image (then nearest)
+    split_rescale: str = field(default="bilinear", metadata=SAMPLING)  # its images at other scales (evaluation.rescale)
+    split_upsample: str = field(default="direct", metadata=SAMPLING)  # its maps to the image's size (evaluation.upsample)
+    tau_ties: str = field(default="background", metadata=SAMPLING)  # a position whose CAM is exactly τ: background | drop
     mu_fg: float = 0.9  # foreground centre with score_c > mu_fg: class prototype
     mu_bg: float = 0.9  # background centre with context_min < score_c < mu_bg: context prototype
     context_min: float = 0.05
@@ -51,6 +58,7 @@ class PrototypeSettings:
     kmeans_metric: str = "cosine"
     kmeans_init: str = "kmeans++"  # kmeans++ | greedy (scikit-learn's) | random (official: distinct rows drawn uniformly)
     kmeans_init_sample: int | None = None  # seed kmeans++/greedy on this many rows drawn uniformly (None: all)
+    kmeans_rng: str = "torch"  # random init's rows: torch (a generator per fit) | numpy (the official code's draws)
     kmeans_stop: str = "relative"  # relative: max centre shift / its norm < tol | total: (sum of shifts)^2 < tol (official)
     kmeans_tol: float = 1e-4
     kmeans_max_iter: int | None = 100  # None: no cap (official)
@@ -83,12 +91,17 @@ class PrototypeSettings:
             ("split_scales", len(self.split_scales) > 0 and all(s > 0 for s in self.split_scales),
              "a non-empty list of positive scales"),
             ("split_resolution", self.split_resolution in SPLIT_RESOLUTIONS, " or ".join(SPLIT_RESOLUTIONS)),
+            ("split_rescale", self.split_rescale in SPLIT_RESCALES, " or ".join(SPLIT_RESCALES)),
+            ("split_upsample", self.split_upsample in SPLIT_UPSAMPLES, " or ".join(SPLIT_UPSAMPLES)),
+            ("tau_ties", self.tau_ties in TAU_TIES, " or ".join(TAU_TIES)),
             ("kmeans_metric", self.kmeans_metric in KMEANS_METRICS, " or ".join(KMEANS_METRICS)),
             ("kmeans_init", self.kmeans_init in KMEANS_INITS, " or ".join(KMEANS_INITS)),
             ("kmeans_init_sample", self.kmeans_init_sample is None
              or whole(self.kmeans_init_sample) and self.kmeans_init_sample >= self.k,
              "a whole number of rows, at least lpcam.k, or null (seed on every row)"),
             ("kmeans_stop", self.kmeans_stop in KMEANS_STOPS, " or ".join(KMEANS_STOPS)),
+            ("kmeans_rng", self.kmeans_rng in KMEANS_RNGS and (self.kmeans_rng == "torch" or self.kmeans_init == "random"),
+             " or ".join(KMEANS_RNGS) + " (numpy only with lpcam.kmeans_init=random)"),
             ("kmeans_tol", self.kmeans_tol >= 0, "a tolerance ≥ 0"),
             ("kmeans_max_iter", self.kmeans_max_iter is None or whole(self.kmeans_max_iter) and self.kmeans_max_iter >= 1,
              "a whole number ≥ 1, or null (no cap: the official code's, which never stops if the centres keep moving)"),

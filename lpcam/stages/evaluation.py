@@ -15,7 +15,7 @@ from lpcam.cams.aggregation import RULES, AggregationRule, official, rule_name
 from lpcam.cams.base import Batch, CamMethod
 from lpcam.cams.baselines import BASELINES, GradCamBaseline
 from lpcam.cams.cam import Cam
-from lpcam.cams.multiscale import DEFAULT_SCALES
+from lpcam.cams.multiscale import DEFAULT_SCALES, RESCALES, UPSAMPLES
 from lpcam.cams.prototype_maps import Lpcam
 from lpcam.errors import InputError
 from lpcam.field_types import check_field_types
@@ -34,6 +34,8 @@ class EvaluationSettings:
 
     scales: tuple[float, ...] = DEFAULT_SCALES  # IRN's test-time scales
     flip: bool = True  # each scale with its mirror image
+    rescale: str = "bilinear"  # the image at another scale: bilinear (the tensor) | pil_bicubic (8-bit, IRN's loader)
+    upsample: str = "direct"  # each scale's map to the image: direct | padded (to a multiple of 16, cropped: IRN's)
     default_threshold: float = 0.15  # IRN's; the best threshold is reported too
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS  # every background threshold scored, in one pass
     compare_rules: tuple[str, ...] = ()  # extra LPCAM rules scored on the same similarities
@@ -56,6 +58,8 @@ class EvaluationSettings:
         on_grid = any(math.isclose(t, self.default_threshold, abs_tol=1e-9) for t in self.thresholds)
         return [
             ("scales", len(self.scales) > 0 and all(s > 0 for s in self.scales), "a non-empty list of positive scales"),
+            ("rescale", self.rescale in RESCALES, " or ".join(RESCALES)),
+            ("upsample", self.upsample in UPSAMPLES, " or ".join(UPSAMPLES)),
             ("thresholds", len(self.thresholds) > 0 and all(0 < t < 1 for t in self.thresholds), "thresholds in (0, 1)"),
             ("default_threshold", on_grid, f"one of the thresholds {list(self.thresholds)}"),
             ("compare_rules", set(self.compare_rules) <= set(RULES), f"rules among {sorted(RULES)}"),
@@ -108,7 +112,7 @@ def build_methods(
 
 def feature_batch(classifier: Classifier, images: Tensor, labels: Tensor, settings: EvaluationSettings) -> Batch:
     """The context the methods of one batch share: the classifier's features at the test views."""
-    return Batch(images, labels, classifier.features, settings.scales, settings.flip)
+    return Batch(images, labels, classifier.features, settings.scales, settings.flip, settings.rescale, settings.upsample)
 
 
 class CamEvaluator(pl.LightningModule):

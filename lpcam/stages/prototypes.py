@@ -43,8 +43,9 @@ def collect_features(
     """Split every training image's local features by its CAM for each labelled class.
 
     As the official code: features of the full image at one scale, no flip; the class-c CAM on the
-    feature grid (:func:`split_cams`) marks foreground (> τ) and background (≤ τ; the official code
-    drops positions exactly at τ) positions. The ground
+    feature grid (:func:`split_cams`) marks foreground (> τ) and background positions: those ≤ τ, or
+    with ``lpcam.tau_ties=drop`` those < τ, the official code's rule (a position exactly at τ is on
+    neither side). The ground
     truth under each position is kept as a tag, for diagnostics only (halo share, prototype composition).
     Each batch is split, tagged and sampled whole (:meth:`FeaturePool.add_batch`).
     ``lpcam.feature_dtype=bfloat16`` runs the forward pass under autocast; the CAM, the split and
@@ -63,7 +64,9 @@ def collect_features(
         pairs = torch.nonzero(batch["label"].to(device) > 0)  # (image, class), image-major
         image, cls = pairs[:, 0], pairs[:, 1]
         tags = feature_tags(masks[image], parts[image], cls)
-        pool.add_batch(feats, pairs, cams[image, cls] > settings.tau, tags)
+        split = cams[image, cls]
+        is_bg = split < settings.tau if settings.tau_ties == "drop" else None  # None: every position not > τ
+        pool.add_batch(feats, pairs, split > settings.tau, tags, is_bg)
     if pool is None:
         raise ValueError("prototypes: the training split yielded no images")
     return pool
@@ -77,18 +80,22 @@ def split_cams(model: Classifier, images: Tensor, settings: PrototypeSettings) -
     the evaluation merges CAM's views. ``split_resolution``: ``feature_grid`` computes it on the
     feature grid (the default: scale 1 with its flip, whose features the pool needs anyway, so no
     second pass); ``image`` at the image's size, then resized (nearest) to the feature grid, as the
-    official code does with its multi-scale CAM (``high_res``). The pool's features reuse the scale-1
-    view when the CAM has one. ``lpcam.feature_dtype=bfloat16`` runs the forward passes under
-    autocast; the CAMs are computed from their output in float32.
+    official code does with its multi-scale CAM (``high_res``). ``split_rescale`` and
+    ``split_upsample`` are the evaluation's ``rescale`` and ``upsample`` for this CAM (the preset
+    makes them the same). The pool's features reuse the scale-1 view when the CAM has one.
+    ``lpcam.feature_dtype=bfloat16`` runs the forward passes under autocast; the CAMs are computed
+    from their output in float32.
     """
     scales = settings.split_scales
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=settings.feature_dtype == "bfloat16"):
-        views = [v.float() for v in multiscale_features(model.features, images, scales=scales, flip=settings.split_flip)]
+        views = multiscale_features(model.features, images, scales, settings.split_flip, settings.split_rescale)
+        views = [v.float() for v in views]
         feats = views[scales.index(1.0)][0] if 1.0 in scales else model.features(images).float()
     grid = feats.shape[-2:]
     if settings.split_resolution == "feature_grid":
         return feats, cam_maps(views, model.weights, grid)
-    return feats, F.interpolate(cam_maps(views, model.weights, images.shape[-2:]), size=grid, mode="nearest")
+    full = cam_maps(views, model.weights, images.shape[-2:], settings.split_upsample)
+    return feats, F.interpolate(full, size=grid, mode="nearest")
 
 
 def new_pool(num_classes: int, dim: int, settings: PrototypeSettings) -> FeaturePool:
