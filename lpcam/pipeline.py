@@ -29,7 +29,8 @@ from lpcam.results import SCHEMA, log_results, peak_memory_mb, write_json
 from lpcam.stages import classifier as classifier_stage
 from lpcam.stages.evaluation import CamEvaluator, EvaluationSettings, build_methods, lpcam_method, planned_methods
 from lpcam.stages.export import (
-    CamExporter, ExportSettings, check_claim, claim, export_identity, read_manifest, score_export, settings_identity,
+    CamExporter, ExportSettings, check_claim, claim, export_identity, irn_folder, read_manifest, score_export,
+    settings_identity,
 )  # fmt: skip
 from lpcam.stages.prototypes import build_prototypes
 from lpcam.stages.provenance import Provenance
@@ -116,7 +117,7 @@ def results_json(
     protos: Prototypes,
     provenance: dict[str, Provenance],
 ) -> dict:
-    """The run's ``results.json`` (schema 2; shared/DESIGN.md and the README's "results.json")."""
+    """The run's ``results.json`` (schema 2; the README's "results.json" section)."""
     built = provenance["prototypes"].seconds
     timings = {
         "train": provenance["classifier"].seconds.get("train", 0.0),
@@ -261,7 +262,8 @@ def score_stage(
     split = settings.split or dm.eval_split
     dm.preflight([split])
     t0 = time.perf_counter()
-    scores = score_export(directory, dm.dataset(split), dm.class_names, evaluation.thresholds, evaluation.default_threshold)
+    folder = irn_folder(directory, manifest)
+    scores = score_export(folder, dm.dataset(split), dm.class_names, evaluation.thresholds, evaluation.default_threshold)
     results = {
         "schema": SCHEMA,
         "dataset": dm.name,

@@ -1,5 +1,5 @@
 """Every ``evaluation.*``, ``export.*`` (and ``lpcam.*``) setting is checked before any data is
-generated or any training starts, in one line naming the field (issue 9)."""
+generated or any training starts, in one line naming the field."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ from lpcam.pipeline import run
         (["evaluation.num_examples=two"], "evaluation.num_examples='two': expected a whole number"),
         (["export.method=lpcam_median"], r"export.method='lpcam_median': expected one of this run's methods \['cam', "),
         (["export.fg_threshold=abc"], "export.fg_threshold='abc': expected a number"),
-        (["export.crf=maybe"], "export.crf='maybe': expected true or false or null"),
+        (["export.crf=maybe"], "export.crf='maybe': expected true or false"),
+        (["export.crf=null"], "export.crf=None: expected true or false"),
         (["export.formats=irn"], "export.formats='irn': expected a list of strings"),
         (["export.bg_threshold=0.5"], r"export.bg_threshold=0.5: expected a threshold in \(0, export.fg_threshold\]"),
         (["lpcam.tau=high"], "lpcam.tau='high': expected a number"),
@@ -42,7 +43,7 @@ def test_a_bad_setting_is_refused_before_any_data_or_training(tiny, tmp_path, ov
 
 @pytest.mark.skipif(crf_available(), reason="pydensecrf is installed here")
 def test_a_crf_export_without_pydensecrf_is_refused_before_any_work(tiny, tmp_path):
-    with pytest.raises(InputError, match="export.crf=True: expected false or null: the dense CRF needs pydensecrf"):
+    with pytest.raises(InputError, match=r"export.crf=True: expected false: the dense CRF needs pydensecrf, which is not installed \(pip install 'lpcam\[crf\]'\)"):
         run(tiny("export.formats=[ir_label]", "export.crf=true", f"export.dir={tmp_path / 'out'}", run="bad"))
     assert not (tmp_path / "data").exists()
 
@@ -67,8 +68,14 @@ def test_export_split_and_folder_are_checked_before_training(tiny, tmp_path):
     assert not (tmp_path / "split" / "checkpoints").exists()
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "export.json").write_text(json.dumps(
-        {"schema": 1, "dataset": "synthetic_parts", "split": "train_aug", "method": "cam", "formats": ["irn"]}
+        {"schema": 2, "dataset": "synthetic_parts", "split": "train_aug", "method": "cam", "formats": ["irn"]}
     ))
     with pytest.raises(InputError, match=r"export.dir=.*out: it holds an export with method='cam', this run has method='lpcam_official'"):
         run(tiny(f"export.dir={tmp_path / 'out'}", run="folder"))
     assert not (tmp_path / "folder" / "checkpoints").exists()
+    # an export of an earlier lpcam, every format in one folder: refused (stage=score still reads it)
+    (tmp_path / "out" / "export.json").write_text(json.dumps(
+        {"schema": 1, "dataset": "synthetic_parts", "split": "train_aug", "method": "lpcam_official", "formats": ["irn"]}
+    ))
+    with pytest.raises(InputError, match=r"export.dir=.*out: written by an earlier lpcam, with every format in this one folder"):
+        run(tiny(f"export.dir={tmp_path / 'out'}", run="old"))

@@ -96,7 +96,8 @@ def test_write_writes_at_path(tmp_path, maps, name):
     assert not expected.exists()
     assert fmt.write(tmp_path, maps) == expected
     assert expected.is_file()
-    assert [p.name for p in tmp_path.iterdir()] == [expected.name]  # no temporary left behind
+    assert expected.parent == tmp_path / name  # each format in a folder of its own
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [expected.name]  # no temporary left behind
 
 
 @pytest.mark.parametrize("name", sorted(ALL_FORMATS))
@@ -115,7 +116,7 @@ def test_interrupted_write_leaves_no_file_at_path(tmp_path, maps, monkeypatch, n
     with pytest.raises(RuntimeError, match="interrupted"):
         fmt.write(tmp_path, maps)
     assert not fmt.path(tmp_path, maps.image_id).exists()
-    assert all(".partial-" in p.name for p in tmp_path.iterdir())
+    assert all(".partial-" in p.name for p in tmp_path.rglob("*") if p.is_file())
 
     monkeypatch.setattr(cls, "_save", real_save)  # the retry of a resumed export
     assert fmt.write(tmp_path, maps).is_file()
@@ -123,7 +124,7 @@ def test_interrupted_write_leaves_no_file_at_path(tmp_path, maps, monkeypatch, n
 
 def test_irn_npy_is_read_like_irn(tmp_path, maps):
     path = make_format("irn").write(tmp_path, maps)
-    assert path == tmp_path / "2007_000032.npy"
+    assert path == tmp_path / "irn" / "2007_000032.npy"
     cam_dict = np.load(path, allow_pickle=True).item()
     assert set(cam_dict) == {"keys", "cam", "high_res"}
 
@@ -150,7 +151,7 @@ def test_irn_npy_is_read_like_irn(tmp_path, maps):
 
 def test_npz_loads_without_pickle(tmp_path, maps):
     path = make_format("npz").write(tmp_path, maps)
-    assert path == tmp_path / "2007_000032.npz"
+    assert path == tmp_path / "npz" / "2007_000032.npz"
     with np.load(path, allow_pickle=False) as data:
         assert set(data.files) == {"keys", "cam", "high_res"}
         assert data["keys"].dtype == np.int64 and data["keys"].tolist() == [3, 7]
@@ -163,7 +164,7 @@ def test_npz_loads_without_pickle(tmp_path, maps):
 @pytest.mark.parametrize("threshold", [0.05, 0.25, 0.6])
 def test_png_equals_evaluated_seeds(tmp_path, maps, threshold):
     path = make_format("png", threshold=threshold).write(tmp_path, maps)
-    assert path == tmp_path / "2007_000032.png"
+    assert path == tmp_path / "png" / "2007_000032.png"
     with Image.open(path) as img:
         assert img.mode == "P"
         palette = np.array(img.getpalette(), np.uint8).reshape(-1, 3)
@@ -187,13 +188,13 @@ def test_png_refuses_class_ids_that_collide_with_ignore(tmp_path):
     maps = ImageMaps("x", [254], np.ones((1, 4, 4), np.float32), np.ones((1, 1, 1), np.float32))
     with pytest.raises(ValueError, match="ignore"):
         make_format("png", threshold=0.5).write(tmp_path, maps)
-    assert not (tmp_path / "x.png").exists()
+    assert not (tmp_path / "png" / "x.png").exists()
 
 
 @pytest.mark.parametrize("minmax", [True, False])
 def test_mctformer_npy_is_read_like_mctformer(tmp_path, maps, minmax):
     path = make_format("mctformer", minmax=minmax).write(tmp_path, maps)
-    assert path == tmp_path / "2007_000032.npy"
+    assert path == tmp_path / "mctformer" / "2007_000032.npy"
     cam_dict = np.load(path, allow_pickle=True).item()
     assert list(cam_dict) == [3, 7] and all(type(k) is int for k in cam_dict)  # 0-based class indices
     for i, key in enumerate(KEYS):
@@ -226,9 +227,9 @@ def test_ir_label_of_known_regions(tmp_path, regions):
     maps, expected = regions
     fmt = make_format("ir_label", crf=False)
     assert (fmt.fg_threshold, fmt.bg_threshold) == (0.30, 0.05)  # IRN's defaults
-    assert not fmt.needs_image and not fmt.uses_crf
+    assert not fmt.needs_image and not fmt.crf
     path = fmt.write(tmp_path, maps)
-    assert path == tmp_path / "regions.png"
+    assert path == tmp_path / "ir_label" / "regions.png"
     with Image.open(path) as img:
         assert img.mode == "L"  # IRN reads it with imageio.imread, which expands palettes to RGB
         label = np.array(img)
@@ -250,13 +251,13 @@ def test_ir_label_rule_on_random_maps(maps):
 def test_ir_label_options_are_checked():
     with pytest.raises(ValueError, match="bg_threshold"):
         IrLabelPng(fg_threshold=0.1, bg_threshold=0.2, crf=False)
-    assert IrLabelPng().uses_crf == crf_available()
+    assert IrLabelPng().crf is False  # the default never depends on whether pydensecrf imports
 
 
 def test_image_without_labels(tmp_path):
     maps = ImageMaps("empty", np.zeros(0, np.int64), np.zeros((0, H, W)), np.zeros((0, 10, 13)))
     for name, opts in ALL_FORMATS.items():
-        make_format(name, **opts).write(tmp_path / name, maps)
+        make_format(name, **opts).write(tmp_path, maps)  # one export folder: a subfolder per format
     irn = np.load(tmp_path / "irn" / "empty.npy", allow_pickle=True).item()
     assert irn["keys"].shape == (0,) and tuple(irn["cam"].shape) == (0, 10, 13)
     assert np.array(Image.open(tmp_path / "png" / "empty.png")).max() == 0
@@ -272,7 +273,7 @@ def test_ir_label_crf_true_needs_pydensecrf():
 
 @pytest.mark.skipif(
     not crf_available(),
-    reason="pydensecrf is not installed (PyPI: pydensecrf2, built from source); ir_label falls back to no CRF",
+    reason="pydensecrf is not installed (PyPI: pydensecrf2, built from source)",
 )
 def test_ir_label_with_crf(tmp_path, regions):
     maps, expected = regions

@@ -1,7 +1,8 @@
 """The export stage: a CAM method's maps for every image of a split, as files the WSSS pipelines read.
 
-``stage=export export.dir=DIR export.formats=[irn,png]`` writes, per image, one file per format
-(:mod:`lpcam.export.formats`). It is resumable: every file is written under a temporary name and
+``stage=export export.dir=DIR export.formats=[irn,png]`` writes, per image, one file per format,
+each format into its own subfolder (``DIR/irn/<id>.npy``, ``DIR/png/<id>.png``: see
+:mod:`lpcam.export.formats`). It is resumable: every file is written under a temporary name and
 renamed, so a file that exists is complete, and a rerun skips the images whose files all exist.
 ``DIR/export.json`` records what the files are (method, its settings, the digests of the
 classifier and the prototypes); a rerun with anything else into the same folder is refused.
@@ -36,6 +37,7 @@ from lpcam.stages.evaluation import EvaluationSettings, feature_batch
 log = logging.getLogger(__name__)
 
 MANIFEST = "export.json"
+LAYOUT_SCHEMA = 2  # export.json's schema: 2 = a subfolder per format; 1 (earlier lpcam) = every file in DIR
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ class ExportSettings:
     threshold: float | None = None  # png seeds: default the evaluation's best threshold, else its default
     fg_threshold: float = 0.30  # ir_label: IRN's conf_fg_thres (official LPCAM: 0.45)
     bg_threshold: float = 0.05  # ir_label: IRN's conf_bg_thres (official LPCAM: 0.25)
-    crf: bool | None = None  # ir_label: dense-CRF refinement as IRN; None = when pydensecrf imports
+    crf: bool = False  # ir_label: dense-CRF refinement as IRN's (needs pydensecrf); never chosen by what is installed
 
     def __post_init__(self) -> None:
         for name in ("dir", "split"):  # a folder or split named by digits arrives as a number
@@ -57,13 +59,13 @@ class ExportSettings:
                 object.__setattr__(self, name, str(getattr(self, name)))
         check_field_types(self, "export")
         object.__setattr__(self, "formats", tuple(self.formats))
-        ir_label_crf = self.crf is not True or "ir_label" not in self.formats or crf_available()
+        ir_label_crf = not self.crf or "ir_label" not in self.formats or crf_available()
         checks = [
             ("formats", len(self.formats) > 0 and set(self.formats) <= set(FORMATS), f"formats among {sorted(FORMATS)}"),
             ("threshold", self.threshold is None or 0 < self.threshold < 1, "a background threshold in (0, 1)"),
             ("fg_threshold", 0 < self.fg_threshold < 1, "a threshold in (0, 1)"),
             ("bg_threshold", 0 < self.bg_threshold <= self.fg_threshold, "a threshold in (0, export.fg_threshold]"),
-            ("crf", ir_label_crf, "false or null: the dense CRF needs pydensecrf, not installed (pip install pydensecrf2)"),
+            ("crf", ir_label_crf, "false: the dense CRF needs pydensecrf, which is not installed (pip install 'lpcam[crf]')"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -101,6 +103,11 @@ def check_claim(directory: Path, identity: dict[str, Any]) -> dict | None:
     if not path.is_file():
         return None
     recorded = json.loads(path.read_text())
+    if recorded.get("schema") != identity.get("schema", recorded.get("schema")):
+        raise InputError(
+            f"export.dir={directory}: written by an earlier lpcam, with every format in this one folder (each "
+            f"format now has a subfolder); export into another folder (stage=score still reads this one)"
+        )
     differing = [k for k in identity if recorded.get(k) != identity[k]]
     if differing:
         k = differing[0]
@@ -189,7 +196,8 @@ def settings_identity(method: str, settings: ExportSettings, split: str, dataset
     """The part of :func:`export_identity` known before any training: checked at once."""
     not_identity = ("dir", "formats", "threshold", "split", "method")  # the folder itself, or resolved here
     options = {f.name: getattr(settings, f.name) for f in fields(settings) if f.name not in not_identity}
-    return {"schema": 1, "dataset": dataset, "split": split, "method": method, "scales": list(views.scales), "flip": views.flip, **options}
+    return {"schema": LAYOUT_SCHEMA, "dataset": dataset, "split": split, "method": method, "scales": list(views.scales), "flip": views.flip,
+            "rescale": views.rescale, "upsample": views.upsample, **options}  # fmt: skip
 
 
 
@@ -201,15 +209,21 @@ def read_manifest(directory: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def score_export(directory: Path, dataset, class_names: list[str], thresholds, default_threshold: float) -> dict:
-    """Seed metrics of exported ``irn`` files against the ground truth, by the same seed
+def irn_folder(directory: Path, manifest: dict) -> Path:
+    """Where an export's ``irn`` files are: ``DIR/irn``, or ``DIR`` itself in an export written
+    before the formats had a folder each (``export.json`` schema 1)."""
+    return Path(directory) if manifest.get("schema") == 1 else FORMATS["irn"]().folder(Path(directory))
+
+
+def score_export(folder: Path, dataset, class_names: list[str], thresholds, default_threshold: float) -> dict:
+    """Seed metrics of the ``irn`` files in ``folder`` against the ground truth, by the same seed
     evaluation as the in-memory one (:class:`~lpcam.metrics.segmentation.SeedConfusion`): the
     round trip that shows the files hold the evaluated maps."""
     confusion = SeedConfusion(len(class_names) + 1, thresholds)
     for i, image_id in enumerate(dataset.ids):
         item = dataset[i]
         try:
-            keys, high_res = read_irn(Path(directory), str(image_id))
+            keys, high_res = read_irn(Path(folder), str(image_id))
         except FileNotFoundError as err:
             raise MissingInput(
                 f"{err.filename}: no exported maps for image {image_id} of split {dataset.split}; "
