@@ -4,6 +4,13 @@ A Hydra multirun writes one folder per job (``<sweep dir>/<job number>/``) holdi
 ``results.json`` (lpcam/results.py) and ``.hydra/overrides.yaml``; a failed job holds
 ``error.json`` instead (lpcam/run.py). :func:`sweep_report` turns those into ``report.md`` and PNG
 plots, so a sweep can be compared without W&B.
+
+Jobs that differ only in a *replicate* setting (``REPLICATES``: the training seed and the
+prototype draw, ``lpcam.seed``) are repeats of one configuration, so the report groups them and
+gives each method's mean ± standard deviation, min–max and n over the group, and its difference
+to CAM paired job by job (each job's CAM comes from the same classifier as its LPCAM). A single
+draw of LPCAM says little: on the embedded benchmark one classifier's official-protocol draws
+span 5 points.
 """
 
 from __future__ import annotations
@@ -40,6 +47,113 @@ class Job:
     @property
     def seconds(self) -> float:
         return sum(self.results["timings_s"].values()) if self.results else 0.0
+
+
+REPLICATES = ("seed", "lpcam.seed")  # overrides that redraw a configuration rather than change it
+
+
+@dataclass
+class Group:
+    """The finished jobs of a sweep that share every setting but the replicate ones (``over``)."""
+
+    settings: dict[str, str]
+    jobs: list[Job]
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.settings.items()) or "all jobs"
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Mean, sample standard deviation (0 for one value), min, max and count of some values."""
+
+    mean: float
+    std: float
+    low: float
+    high: float
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> "Spread":
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return cls(statistics.fmean(values), std, min(values), max(values), len(values))
+
+    def __str__(self) -> str:
+        return f"{self.mean:.1f} ± {self.std:.1f}"
+
+    def signed(self) -> str:
+        return f"{self.mean:+.1f} ± {self.std:.1f}"
+
+    def range(self, signed: bool = False) -> str:
+        f = "{:+.1f}" if signed else "{:.1f}"
+        return f"{f.format(self.low)} to {f.format(self.high)}" if signed else f"{f.format(self.low)}–{f.format(self.high)}"
+
+
+def group_jobs(jobs: list[Job], over: tuple[str, ...] | list[str] = REPLICATES) -> list[Group]:
+    """The finished jobs grouped by their varying settings other than ``over``, in job order."""
+    groups: dict[tuple, Group] = {}
+    for job in jobs:
+        if job.results is None:
+            continue
+        settings = {k: v for k, v in job.settings.items() if k not in over}
+        groups.setdefault(tuple(settings.items()), Group(settings, [])).jobs.append(job)
+    return list(groups.values())
+
+
+def method_spreads(group: Group) -> dict[str, dict[str, Spread]]:
+    """Per method of the group (in the first job's order): ``miou`` (best threshold), ``delta``
+    (the method minus CAM, job by job; absent for CAM itself), ``default`` (mIoU at the default
+    threshold), ``precision`` and ``recall`` (at the best threshold), each over the group's jobs
+    that have the method."""
+    methods = list(dict.fromkeys(m for j in group.jobs for m in j.results["methods"]))
+    out: dict[str, dict[str, Spread]] = {}
+    for m in methods:
+        having = [j.results["methods"] for j in group.jobs if m in j.results["methods"]]
+        row = {
+            "miou": Spread.of([r[m]["best"]["miou"] for r in having]),
+            "default": Spread.of([r[m]["default"]["miou"] for r in having]),
+            "precision": Spread.of([r[m]["best"]["precision"] for r in having]),
+            "recall": Spread.of([r[m]["best"]["recall"] for r in having]),
+        }
+        paired = [r[m]["best"]["miou"] - r["cam"]["best"]["miou"] for r in having if "cam" in r]
+        if m != "cam" and paired:
+            row["delta"] = Spread.of(paired)
+        out[m] = row
+    return out
+
+
+def summary_table(groups: list[Group]) -> str:
+    """Markdown: group × method, each a mean ± std over the group's jobs (n of them)."""
+    lines = [
+        "| settings | method | n | mIoU (best thr.) | min–max | Δ vs CAM (paired) | Δ min–max | mIoU @ default | precision | recall |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for group in groups:
+        for method, row in method_spreads(group).items():
+            delta = row.get("delta")
+            d, dr = (delta.signed(), delta.range(signed=True)) if delta else ("—", "—")
+            m = row["miou"]
+            lines.append(
+                f"| {group.label} | {method} | {m.n} | {m} | {m.range()} | {d} | {dr} | {row['default']} "
+                f"| {row['precision']} | {row['recall']} |"
+            )
+    return "\n".join(lines)
+
+
+def plot_group_means(groups: list[Group], path: Path) -> Path:
+    """Each group's best-threshold mIoU per method, the bar its mean and the whisker its std."""
+    methods = list(dict.fromkeys(m for g in groups for m in method_spreads(g)))
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.2 * len(groups) * len(methods) ** 0.5), 4.0))
+    for i, m in enumerate(methods):
+        spreads = [method_spreads(g).get(m, {}).get("miou") for g in groups]
+        xs = [x + i * width for x, s in enumerate(spreads) if s]
+        ax.bar(xs, [s.mean for s in spreads if s], width, yerr=[s.std for s in spreads if s], capsize=3, label=m)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(groups))], [g.label for g in groups], rotation=30, ha="right", fontsize=7)
+    ax.set(ylabel="seed mIoU, best threshold (mean ± std)", title="mIoU over replicates")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
 
 
 def _job_number(path: Path) -> tuple[int, str]:
@@ -171,9 +285,15 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None, jobs: list[Job] | None = None) -> Path:
+def sweep_report(
+    sweep_dir: str | Path,
+    out_dir: str | Path | None = None,
+    jobs: list[Job] | None = None,
+    over: tuple[str, ...] | list[str] = REPLICATES,
+) -> Path:
     """Write ``report.md`` and its plots (into ``out_dir``, default the sweep directory), from
-    ``jobs`` when the caller has already read the sweep."""
+    ``jobs`` when the caller has already read the sweep. Jobs repeated over the ``over``
+    settings are summarised first (when some group has more than one job)."""
     jobs = jobs if jobs is not None else read_sweep(sweep_dir)
     out = Path(out_dir or sweep_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -185,10 +305,26 @@ def sweep_report(sweep_dir: str | Path, out_dir: str | Path | None = None, jobs:
         + (f"; varying: {', '.join(jobs[0].settings)}" if jobs[0].settings else "")
         + ". mIoU, FP, FN, precision and recall (%) at each method's best background threshold.",
         "",
-        markdown_table(jobs),
-        "",
     ]
+    groups = group_jobs(jobs, over)
     images = []
+    if any(len(g.jobs) > 1 for g in groups):
+        repeated = [k for k in over if k in (jobs[0].settings if jobs else {})]
+        parts += [
+            f"## Mean over {', '.join(repeated)}",
+            "",
+            f"Jobs that differ only in {' or '.join(repeated)} as one row: mean ± standard deviation over the "
+            "n jobs, and each method's difference to CAM paired job by job (the same classifier).",
+            "",
+            summary_table(groups),
+            "",
+            "![mIoU over replicates](miou_by_group.png)",
+            "",
+            "## Every job",
+            "",
+        ]
+        plot_group_means(groups, out / "miou_by_group.png")
+    parts += [markdown_table(jobs), ""]
     if (p := plot_miou_vs_k(jobs, out / "miou_vs_k.png")) is not None:
         images.append(("mIoU vs K per aggregation rule", p))
     if (best := best_job(jobs)) is not None:
