@@ -21,6 +21,16 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, WandbLogger
 
 
+class QuietWandbLogger(WandbLogger):
+    """Lightning's W&B logger without the ``anonymous`` argument it always passes to
+    ``wandb.init``: W&B warns on every run that the setting has no effect any more."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
+
+
 def sweep_group() -> str | None:
     """The multirun's sweep directory (shared by all its jobs), None for a single run."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:

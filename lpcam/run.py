@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from lpcam import preemption
+from lpcam import console, preemption
 from lpcam.errors import input_error_in
 from lpcam.loggers import wandb_written
 from lpcam.pipeline import hydra_overrides, run
@@ -52,6 +52,7 @@ def record_failure(run_dir: Path, err: BaseException, to_log: bool) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    console.quiet(verbose=bool(HydraConfig.get().verbose))  # third-party chatter to run.log only
     try:
         with preemption.stop_on_signals(), wandb_written():
             results = run(cfg)
