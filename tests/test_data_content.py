@@ -1,4 +1,4 @@
-"""The caches are keyed by the dataset's content, not only its config (issue 9): a dataset edited
+"""The caches are keyed by the dataset's content, not only its config: a dataset edited
 in place never gets a stale classifier or feature pool, an unchanged one hits the cache."""
 
 from __future__ import annotations

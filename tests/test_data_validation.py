@@ -1,4 +1,4 @@
-"""Bad data gets one line naming the file, before training (issue 9, the data-input rows).
+"""Bad data gets one line naming the file, before training (the data-input checks).
 
 Each test feeds one fault to a small folder in the VOC layout (tests/fixtures.py) and checks the
 error the preflight (``SegmentationDataModule.prepare_data``) raises: its type, the file and the

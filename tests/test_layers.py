@@ -42,3 +42,27 @@ def test_layer_imports_nothing_above_it(layer):
 
 def test_the_check_sees_imports():
     assert "lpcam.prototypes.store" in imported_modules(PACKAGE / "cams" / "prototype_maps.py")
+
+
+def test_no_modules_import_each_other():
+    """No cycle among lpcam's modules, imports inside functions included: each module can be
+    understood, and tested, from the ones below it."""
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        modules[name] = imported_modules(path)
+    graph = {m: {i for i in imported if i in modules and i != m} for m, imported in modules.items()}
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            m = todo.pop()
+            if m == goal:
+                return True
+            if m not in seen:
+                seen.add(m)
+                todo.extend(graph[m])
+        return False
+
+    cycles = sorted(f"{a} <-> {b}" for a in graph for b in graph[a] if reaches(b, a))
+    assert not cycles, cycles

@@ -1,4 +1,4 @@
-"""Files read back never run code, and damaged or foreign ones are refused in one line (issue 9):
+"""Files read back never run code, and damaged or foreign ones are refused in one line:
 checkpoints, prototypes files, the feature cache, ``cls_labels.npy`` and exported maps."""
 
 from __future__ import annotations

@@ -61,6 +61,16 @@ RGB_RULES = {
 MASK_MODES = ("P", "L", "1", "I;16", "I")  # class ids: palette, grey (8- or 16-bit), binary
 
 
+LAYOUT_HELP = (
+    "expected the PASCAL VOC layout: JPEGImages/<id>.jpg, SegmentationClass/<id>.png, "
+    "ImageSets/Segmentation/<split>.txt (and optionally classes.txt, cls_labels.npy)"
+)
+
+
+class DatasetLayoutError(InputError, FileNotFoundError):
+    """Raised with the path that is missing and the layout that was expected."""
+
+
 class DataError(InputError, ValueError):
     """A file of the dataset cannot be used as it is; the message names it."""
 
@@ -106,9 +116,7 @@ class SplitCheck:
 
 def inspect_image(path: Path) -> tuple[int, int, str]:
     """(width, height, mode) of a readable image; :class:`BadImage` naming ``path`` otherwise.
-    A missing file is a :class:`~lpcam.data.voc.DatasetLayoutError` (a layout problem, never skipped)."""
-    from lpcam.data.voc import LAYOUT_HELP, DatasetLayoutError
-
+    A missing file is a :class:`DatasetLayoutError` (a layout problem, never skipped)."""
     if not path.is_file():
         raise DatasetLayoutError(f"{path}: image not found; {LAYOUT_HELP}")
     if path.stat().st_size == 0:
@@ -137,8 +145,6 @@ def inspect_image(path: Path) -> tuple[int, int, str]:
 
 def inspect_mask(path: Path) -> tuple[int, int, list[int]]:
     """(width, height, the values present) of a class-id mask; :class:`BadMask` naming ``path`` otherwise."""
-    from lpcam.data.voc import LAYOUT_HELP, DatasetLayoutError
-
     if not path.is_file():
         raise DatasetLayoutError(f"{path}: mask not found; {LAYOUT_HELP}")
     try:

@@ -25,7 +25,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from lpcam.data.checks import BadClasses, BadImage, BadMask, BadSplit, Item, duplicate_names, one_line
+from lpcam.data.checks import (  # noqa: F401  (LAYOUT_HELP and DatasetLayoutError are this module's API too)
+    LAYOUT_HELP, BadClasses, BadImage, BadMask, BadSplit, DatasetLayoutError, Item, duplicate_names, one_line,
+)
 from lpcam.errors import InputError
 from lpcam.safe_load import load_label_file
 
@@ -34,16 +36,6 @@ VOC_CLASSES = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
     "tvmonitor",
 )  # fmt: skip
-
-LAYOUT_HELP = (
-    "expected the PASCAL VOC layout: JPEGImages/<id>.jpg, SegmentationClass/<id>.png, "
-    "ImageSets/Segmentation/<split>.txt (and optionally classes.txt, cls_labels.npy)"
-)
-
-
-class DatasetLayoutError(InputError, FileNotFoundError):
-    """Raised with the path that is missing and the layout that was expected."""
-
 
 def read_class_names(root: str | Path, class_names: Sequence[str] | None = None) -> list[str]:
     """Foreground class names: given explicitly, else ``classes.txt`` in the root, else VOC's 20.
