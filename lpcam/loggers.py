@@ -53,7 +53,7 @@ def swept_keys() -> set[str]:
 def run_name() -> str | None:
     """A multirun job's swept settings (``lpcam.k=6,lpcam/aggregation=max``), which tell the jobs
     of a sweep apart; else the job's overrides as ``override_dirname`` (plumbing keys excluded in
-    ``lpcam/conf/config.yaml``); None (W&B picks a name) without overrides."""
+    ``conf/config.yaml``); None (W&B picks a name) without overrides."""
     if not HydraConfig.initialized():
         return None
     if sweep_group() is not None and (keys := swept_keys()):

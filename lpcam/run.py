@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from lpcam import console, preemption
+from lpcam.config_dirs import config_dir
 from lpcam.errors import input_error_in
 from lpcam.loggers import wandb_written
 from lpcam.pipeline import hydra_overrides, run
@@ -24,10 +25,10 @@ from lpcam.results import write_json
 
 log = logging.getLogger("lpcam.run")
 
-# The config tree inside the package, as an absolute path: Hydra reads it from the file system however
+# The config tree (lpcam.config_dirs), as an absolute path: Hydra reads it from the file system however
 # main() is called. (A relative "conf" would become the module path pkg://lpcam.conf when main() runs
 # as a console script, which Hydra only finds in a package with an __init__.py.)
-CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
+CONFIG_DIR = str(config_dir())
 
 
 def record_failure(run_dir: Path, err: BaseException, to_log: bool) -> None:

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "lpcam" / "conf"
+CONF = ROOT / "conf"
 
 # the smallest run of the real pipeline that still has every stage: seconds on a laptop CPU
 TINY = [

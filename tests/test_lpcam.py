@@ -60,7 +60,7 @@ def test_every_rule_has_one_config_naming_its_function():
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    folder = Path(__file__).resolve().parents[1] / "lpcam/conf/lpcam/aggregation"
+    folder = Path(__file__).resolve().parents[1] / "conf/lpcam/aggregation"
     configs = {p.stem: instantiate(OmegaConf.load(p)) for p in folder.glob("*.yaml")}
     assert set(configs) == set(aggregation.RULES)
     for name, rule in configs.items():

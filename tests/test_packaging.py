@@ -71,7 +71,7 @@ def test_the_hydra_entry_point_finds_its_configs_however_it_is_called():
     from lpcam.run import CONFIG_DIR
 
     assert Path(CONFIG_DIR).is_absolute() and (Path(CONFIG_DIR) / "config.yaml").is_file()
-    assert Path(CONFIG_DIR) == ROOT / "lpcam" / "conf"
+    assert Path(CONFIG_DIR) == ROOT / "conf"  # a checkout reads the top-level tree in place
 
 
 def test_lpcam_report_command(tmp_path, capsys):
@@ -89,16 +89,14 @@ def test_lpcam_report_command(tmp_path, capsys):
     assert "## Failed jobs" in (tmp_path / "report" / "report.md").read_text()
 
 
-def test_package_data_covers_every_config_file_and_find_covers_every_subpackage():
-    from setuptools import find_packages
+def test_find_covers_every_subpackage_and_the_search_path_plugin():
+    from setuptools import find_namespace_packages
 
-    patterns = SETUPTOOLS["package-data"]["lpcam"]
-    shipped = {Path(p) for pat in patterns for p in glob.glob(str(ROOT / "lpcam" / pat), recursive=True)}
-    configs = {p for p in (ROOT / "lpcam" / "conf").rglob("*") if p.is_file() and "__pycache__" not in p.parts}
-    assert len(configs) > 30 and configs <= shipped, sorted(map(str, configs - shipped))
-    found = set(find_packages(str(ROOT), **SETUPTOOLS["packages"]["find"]))
+    found = set(find_namespace_packages(str(ROOT), include=SETUPTOOLS["packages"]["find"]["include"]))
     packages = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "lpcam").rglob("__init__.py")}
-    assert found == packages and {"lpcam.cli", "lpcam.models"} <= found
+    assert packages <= found and {"lpcam.cli", "lpcam.models", "hydra_plugins.lpcam_searchpath"} <= found
+    assert not (ROOT / "hydra_plugins" / "__init__.py").exists()  # a namespace shared with Hydra's other plugins
+    assert len(list((ROOT / "conf").rglob("*.yaml"))) > 30 and not (ROOT / "lpcam" / "conf").exists()
 
 
 def test_dependencies_agree_with_the_pins_and_cover_what_the_code_imports():
@@ -152,22 +150,64 @@ def test_makefile_installs_the_pins_then_the_package():
     assert re.search(r"^test:.*\n\t\$\(PY\) -m pytest -q tests$", make, re.M)
 
 
-def test_a_wheel_built_offline_ships_the_configs_and_the_commands(tmp_path):
-    pytest.importorskip("setuptools")
+def build_wheel(tmp_path: Path) -> Path:
+    """A wheel of the checkout, built offline (no index, no build isolation)."""
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "setup.py", "MANIFEST.in"):
         shutil.copy(ROOT / name, src / name)
-    shutil.copytree(ROOT / "lpcam", src / "lpcam", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("lpcam", "conf", "hydra_plugins"):
+        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
     env = {**os.environ, "PIP_NO_INDEX": "1"}
     cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(src)]
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
     (wheel,) = tmp_path.glob("lpcam-*.whl")
+    return wheel
+
+
+def test_a_wheel_built_offline_ships_the_configs_and_the_commands(tmp_path):
+    pytest.importorskip("setuptools")
+    wheel = build_wheel(tmp_path)
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         entry_points = next(zf.read(n).decode() for n in names if n.endswith("entry_points.txt"))
-    configs = {p.relative_to(ROOT).as_posix() for p in (ROOT / "lpcam" / "conf").rglob("*.yaml")}
-    assert configs <= names, sorted(configs - names)
+    configs = {"lpcam/" + p.relative_to(ROOT).as_posix() for p in (ROOT / "conf").rglob("*.yaml")}
+    assert configs <= names, sorted(configs - names)  # conf/ travels inside the package
     assert "lpcam/cli/sweep_report.py" in names and "lpcam/models/backbones.py" in names
-    assert not any(n.startswith(("tests/", "experiments/")) for n in names)
+    assert "hydra_plugins/lpcam_searchpath/lpcam_searchpath.py" in names
+    assert not any(n.startswith(("tests/", "experiments/", "conf/", "docs/")) for n in names)
     assert "lpcam = lpcam.run:main" in entry_points and "lpcam-report = lpcam.cli.sweep_report:main" in entry_points
+
+
+def test_the_wheel_installed_in_a_fresh_venv_runs_from_an_empty_folder_and_finds_its_configs(tmp_path):
+    """Installed as a user installs it (here offline, its dependencies taken from this environment),
+    `lpcam --help` lists every group from an empty folder, and a conf/ folder there is searched
+    first: conf/backbone/my_net.yaml makes backbone=my_net work with no other flag."""
+    import site
+    import venv
+
+    wheel = build_wheel(tmp_path)
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False)
+    python = env_dir / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q", str(wheel)],
+                   check=True, capture_output=True, timeout=300)  # fmt: skip
+    own = subprocess.run([python, "-c", "import site; print(site.getsitepackages()[0])"], capture_output=True, text=True, check=True)
+    Path(own.stdout.strip(), "dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")  # torch & co., not lpcam
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    lpcam = [str(env_dir / "bin" / "lpcam")]
+    where = subprocess.run([python, "-c", "import lpcam.run as r; print(r.__file__, r.CONFIG_DIR)"], cwd=empty, env=env,
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert str(env_dir) in where and where.split()[1].endswith("lpcam/conf")  # the wheel's copy, not the checkout
+    out = subprocess.run([*lpcam, "--help"], cwd=empty, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    groups = {p.parent.relative_to(ROOT / "conf").as_posix() for p in (ROOT / "conf").rglob("*.yaml") if p.parent != ROOT / "conf"}
+    listed = {line.split(":", 1)[0] for line in out.stdout.splitlines() if ": " in line}
+    assert groups - {"hydra/launcher", "hydra/sweeper"} <= listed, groups - listed
+    (empty / "conf" / "backbone").mkdir(parents=True)
+    (empty / "conf" / "backbone" / "my_net.yaml").write_text("_target_: lpcam.models.backbones.small_resnet\nwidths: [8, 16, 24]\n")
+    job = subprocess.run([*lpcam, "backbone=my_net", "--cfg", "job"], cwd=empty, env=env, capture_output=True, text=True, timeout=120)
+    assert job.returncode == 0, job.stderr[-2000:]
+    assert "widths:\n  - 8\n  - 16\n  - 24" in job.stdout

@@ -4,7 +4,7 @@ Every backbone is a ``Backbone``: it normalises its [0, 1] RGB input itself (so 
 CAM code and figures share one pixel space), with the mean and std its weights were trained with
 (ImageNet's for torchvision and ``small_resnet``, the model's ``pretrained_cfg`` for timm), and
 exposes ``out_channels`` and ``stride``. A config
-file in ``lpcam/conf/backbone/`` picks one of the builders below by ``_target_``.
+file in ``conf/backbone/`` picks one of the builders below by ``_target_``.
 """
 
 from __future__ import annotations

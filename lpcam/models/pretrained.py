@@ -5,7 +5,7 @@ installed package. A row says which package holds the file (and how to find it i
 which timm architecture its tensors load into, under which naming they were saved, and the input
 normalisation they were trained with, like a timm ``pretrained_cfg``. The code that reads and maps
 the file (:mod:`lpcam.models.efficientnet`) holds no per-model facts; adding a model is a row here
-and a yaml in ``lpcam/conf/backbone/``.
+and a yaml in ``conf/backbone/``.
 
 This module imports neither timm nor the packages, so the default job does not load them.
 """

@@ -1,6 +1,6 @@
 """How prototypes are built: one typed, frozen, self-checking settings object.
 
-Hydra builds it from the ``lpcam`` config group (``_target_`` in ``lpcam/conf/lpcam/default.yaml``).
+Hydra builds it from the ``lpcam`` config group (``_target_`` in ``conf/lpcam/default.yaml``).
 Everything downstream reads it from here: the build takes it whole, the prototypes file records
 :meth:`PrototypeSettings.as_dict` in its ``meta``, and the feature cache hashes
 :meth:`PrototypeSettings.sampling_dict`. Adding a setting is therefore one field here and one line
@@ -40,15 +40,15 @@ class PrototypeSettings:
     k: int = 12  # k-means centres per class, for foreground and background each
     tau: float = field(default=0.1, metadata=SAMPLING)  # CAM threshold: foreground / background features
     # the CAM that splits them: its views (scales, each with its mirror image) and where it is thresholded
-    split_scales: tuple[float, ...] = field(default=(1.0,), metadata=SAMPLING)
-    split_flip: bool = field(default=True, metadata=SAMPLING)
+    split_scales: tuple[float, ...] = field(default=(1.0,), metadata=SAMPLING)  # the split CAM's scales
+    split_flip: bool = field(default=True, metadata=SAMPLING)  # each split scale with its mirror image
     split_resolution: str = field(default="feature_grid", metadata=SAMPLING)  # feature_grid | image (then nearest)
     split_rescale: str = field(default="bilinear", metadata=SAMPLING)  # its images at other scales (evaluation.rescale)
     split_upsample: str = field(default="direct", metadata=SAMPLING)  # its maps to the image's size (evaluation.upsample)
     tau_ties: str = field(default="background", metadata=SAMPLING)  # a position whose CAM is exactly τ: background | drop
     mu_fg: float = 0.9  # foreground centre with score_c > mu_fg: class prototype
     mu_bg: float = 0.9  # background centre with context_min < score_c < mu_bg: context prototype
-    context_min: float = 0.05
+    context_min: float = 0.05  # the context prototypes' lower score bound (the official VOC code's 0.05)
     score: str = "softmax"  # centre score: softmax over classes (official) | sigmoid
     keep_best: bool = True  # keep the best foreground centre when none passes mu_fg
     max_features_per_class: int | None = field(default=20000, metadata=SAMPLING)  # reservoir cap per class and side
@@ -60,7 +60,7 @@ class PrototypeSettings:
     kmeans_init_sample: int | None = None  # seed kmeans++/greedy on this many rows drawn uniformly (None: all)
     kmeans_rng: str = "torch"  # random init's rows: torch (a generator per fit) | numpy (the official code's draws)
     kmeans_stop: str = "relative"  # relative: max centre shift / its norm < tol | total: (sum of shifts)^2 < tol (official)
-    kmeans_tol: float = 1e-4
+    kmeans_tol: float = 1e-4  # the stopping rule's threshold
     kmeans_max_iter: int | None = 100  # None: no cap (official)
     seed: int = field(default=0, metadata=SAMPLING)
 

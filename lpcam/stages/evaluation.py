@@ -40,8 +40,8 @@ class EvaluationSettings:
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS  # every background threshold scored, in one pass
     compare_rules: tuple[str, ...] = ()  # extra LPCAM rules scored on the same similarities
     baselines: tuple[str, ...] = ()  # grad-cam methods scored beside (the method group sets them)
-    baseline_scales: tuple[float, ...] = (1.0,)
-    baseline_flip: bool = False
+    baseline_scales: tuple[float, ...] = (1.0,)  # the baselines' views: one scale, as the package is used
+    baseline_flip: bool = False  # each baseline scale with its mirror image
     num_examples: int = 4  # images in the figure
     methods: tuple[Callable[..., CamMethod], ...] = ()  # more methods: factories(classifier=, prototypes=)
 
