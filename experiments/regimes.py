@@ -11,13 +11,13 @@ draws ``regimes.png``: for each cell, CAM's and LPCAM's body recall beside their
 
 ``--record FILE`` keeps what the table and figure read from every run (seed, overrides, timings
 and each method's best, default and curve points, without the per-class IoUs) in one JSON file,
-merged run by run, and fills the cells whose run directories are gone from it: the README's
-table and figure come from ``docs/regimes_runs.json``, so a later session that adds a seed or a
+merged run by run, and fills the cells whose run directories are gone from it: the study page's
+(``docs/studies/regimes.md``) table and figure come from ``docs/regimes_runs.json``, so a later session that adds a seed or a
 cell redraws them whole without rerunning the rest.
 
 The paper's mechanism predicts a gain where (1) CAM under-covers a part because that part does
 not tell the classes apart, and (2) the backbone still represents the part, so its features form
-a prototype the classifier scores as the class. The README ("Where local prototypes help") states
+a prototype the classifier scores as the class. ``docs/studies/regimes.md`` states
 what each row should show if that holds, written before the runs, and the rows as measured.
 """
 
@@ -37,7 +37,7 @@ from lpcam.cli.seed_study import describe, job_dir, run_job
 REGIMES: dict[str, list[str]] = {
     "scratch": [],  # the default: a small ResNet trained from scratch on the benchmark
     # the classifier at the backbone's LR (classifier_lr_mult=1): 10x overshoots on fixed features
-    # (README, "Pretrained backbones offline": validation loss 2.03 against 0.32 after 6 epochs)
+    # (docs/backbones.md, the frozen-backbone mode: validation loss 2.03 against 0.32 after 6 epochs)
     "frozen": ["backbone=efficientnet_lite0", "backbone.pretrained=true", "model.freeze_backbone=true",
                "model.classifier_lr_mult=1"],
     "finetuned": ["backbone=efficientnet_lite0", "backbone.pretrained=true"],
@@ -63,9 +63,15 @@ BENCHMARKS: dict[str, list[str]] = {
 METHODS = ("cam", "lpcam_official", "lpcam_fg_only", "lpcam_max")
 
 
-# Every cell builds its prototypes from the training split (2,000 images), as the measured cells
-# did (lpcam's default until it moved to the seed-evaluation split): the study stays one protocol.
-STUDY = ["dataset.prototype_split=null"]
+# Every cell builds its prototypes as the measured cells did, with lpcam's defaults of then: from the
+# training split (2,000 images), seeded k-means++ with the relative stop, at most 20,000 features a
+# side, the images rescaled as tensors. Later defaults differ (docs/studies/official-protocol.md);
+# pinned here, the study stays one protocol.
+STUDY = [
+    "dataset.prototype_split=null", "evaluation.rescale=bilinear", "evaluation.upsample=direct", "lpcam.tau_ties=background",
+    "lpcam.max_features_per_class=20000", "lpcam.kmeans_init=kmeans++", "lpcam.kmeans_stop=relative",
+    "lpcam.kmeans_tol=1e-4", "lpcam.kmeans_max_iter=100",
+]  # fmt: skip
 
 
 def run_cell(out: Path, regime: str, benchmark: str, seed: int, extra: Sequence[str]) -> dict:

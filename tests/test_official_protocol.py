@@ -31,12 +31,15 @@ def test_the_preset_states_the_official_protocol_and_nothing_else():
     default, official = compose_config([]), compose_config(["lpcam=official_protocol"])
     d, o = prototype_settings(default).as_dict(), prototype_settings(official).as_dict()
     assert {k: o[k] for k in o if o[k] != d[k]} == {
-        "split_scales": list(SCALES), "split_resolution": "image", "max_features_per_class": None,  # as_dict: JSON's lists
-        "kmeans_init": "random", "kmeans_stop": "total", "kmeans_tol": 5, "kmeans_max_iter": None, "keep_best": False,
-        "split_rescale": "pil_bicubic", "split_upsample": "padded", "tau_ties": "drop", "kmeans_rng": "numpy",
+        "split_scales": list(SCALES), "split_resolution": "image",  # as_dict: JSON's lists
+        "kmeans_rng": "numpy", "kmeans_max_iter": None, "keep_best": False,
     }  # fmt: skip
+    # what lpcam's defaults took from the official code: IRN's rescale and upsampling, its k-means, the τ rule
+    assert (d["kmeans_init"], d["kmeans_stop"], d["kmeans_tol"], d["max_features_per_class"], d["tau_ties"]) == (
+        "random", "total", 5, None, "drop")  # fmt: skip
     e, f = build_settings(default.evaluation), build_settings(official.evaluation)
-    assert (e.rescale, e.upsample) == ("bilinear", "direct") and (f.rescale, f.upsample) == ("pil_bicubic", "padded")
+    assert (e.rescale, e.upsample) == (f.rescale, f.upsample) == ("pil_bicubic", "padded")
+    assert (d["split_rescale"], d["split_upsample"]) == ("pil_bicubic", "padded")  # the split follows the evaluation
     assert o["split_flip"] is True and o["k"] == 12 and o["tau"] == 0.1  # as the default: VOC's official values
     # the seed-evaluation split (VOC train), not train_aug: lpcam's default too, and the preset's
     # under any dataset config
@@ -98,7 +101,7 @@ def direct_split_cam(model: Classifier, image: torch.Tensor, scales, grid) -> to
 def test_the_multiscale_split_equals_a_direct_computation_and_differs_from_the_default(classifier):
     torch.manual_seed(1)
     images = torch.rand(3, 3, 40, 56)
-    official = PrototypeSettings(split_scales=SCALES, split_resolution="image")
+    official = PrototypeSettings(split_scales=SCALES, split_resolution="image", split_rescale="bilinear", split_upsample="direct")
     with torch.no_grad():
         feats, cams = split_cams(classifier, images, official)
         torch.testing.assert_close(feats, classifier.features(images))  # the pool's: scale 1, unflipped
@@ -252,7 +255,7 @@ def test_tau_ties_drop_leaves_positions_exactly_at_tau_out_of_both_sides(classif
 
 def test_tau_ties_and_the_split_rescale_reach_the_feature_cache_key():
     s = PrototypeSettings()
-    for change in ({"tau_ties": "drop"}, {"split_rescale": "pil_bicubic"}, {"split_upsample": "padded"}):
+    for change in ({"tau_ties": "background"}, {"split_rescale": "bilinear"}, {"split_upsample": "direct"}):
         assert PrototypeSettings(**{**s.as_dict(), **change}).sampling_dict() != s.sampling_dict()
 
 
@@ -264,7 +267,8 @@ def test_the_split_cam_uses_its_rescale_and_upsampling(classifier):
         views = multiscale_features(classifier.features, images, SCALES, True, "pil_bicubic")
         full = cam_maps(views, classifier.weights, (40, 56), "padded")
         torch.testing.assert_close(cams, F.interpolate(full, size=feats.shape[-2:], mode="nearest"))
-        _, bilinear = split_cams(classifier, images, PrototypeSettings(split_scales=SCALES, split_resolution="image"))
+        bilinear_settings = PrototypeSettings(split_scales=SCALES, split_resolution="image", split_rescale="bilinear", split_upsample="direct")
+        _, bilinear = split_cams(classifier, images, bilinear_settings)
     assert not torch.equal(cams, bilinear)
 
 
@@ -307,4 +311,4 @@ def test_numpy_draws_are_kmeans_pytorchs_class_by_class(monkeypatch):
     for (_, ours), (_, theirs) in zip(starts, expected):
         assert ours.tolist() == theirs.tolist()
     with pytest.raises(InputError, match="lpcam.kmeans_rng='numpy': expected torch or numpy \\(numpy only with lpcam.kmeans_init=random\\)"):
-        PrototypeSettings(kmeans_rng="numpy")
+        PrototypeSettings(kmeans_rng="numpy", kmeans_init="kmeans++")

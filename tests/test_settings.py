@@ -75,8 +75,8 @@ def test_settings_are_frozen_and_give_their_dicts():
         s.k = 3  # type: ignore[misc]
     assert s.sampling_dict() == {
         "tau": 0.1, "split_scales": (1.0,), "split_flip": True, "split_resolution": "feature_grid",
-        "split_rescale": "bilinear", "split_upsample": "direct", "tau_ties": "background",
-        "max_features_per_class": 20000, "pool_memory_mb": 4096, "pool_dtype": "float32", "feature_dtype": "float32",
+        "split_rescale": "pil_bicubic", "split_upsample": "padded", "tau_ties": "drop",
+        "max_features_per_class": None, "pool_memory_mb": 4096, "pool_dtype": "float32", "feature_dtype": "float32",
         "seed": 0,
     }  # fmt: skip
     assert s.built(s.as_dict()) and not s.built({**s.as_dict(), "k": 5})

@@ -43,25 +43,25 @@ class PrototypeSettings:
     split_scales: tuple[float, ...] = field(default=(1.0,), metadata=SAMPLING)  # the split CAM's scales
     split_flip: bool = field(default=True, metadata=SAMPLING)  # each split scale with its mirror image
     split_resolution: str = field(default="feature_grid", metadata=SAMPLING)  # feature_grid | image (then nearest)
-    split_rescale: str = field(default="bilinear", metadata=SAMPLING)  # its images at other scales (evaluation.rescale)
-    split_upsample: str = field(default="direct", metadata=SAMPLING)  # its maps to the image's size (evaluation.upsample)
-    tau_ties: str = field(default="background", metadata=SAMPLING)  # a position whose CAM is exactly τ: background | drop
+    split_rescale: str = field(default="pil_bicubic", metadata=SAMPLING)  # its images at other scales (evaluation.rescale)
+    split_upsample: str = field(default="padded", metadata=SAMPLING)  # its maps to the image's size (evaluation.upsample)
+    tau_ties: str = field(default="drop", metadata=SAMPLING)  # a position whose CAM is exactly τ: drop (official) | background
     mu_fg: float = 0.9  # foreground centre with score_c > mu_fg: class prototype
     mu_bg: float = 0.9  # background centre with context_min < score_c < mu_bg: context prototype
     context_min: float = 0.05  # the context prototypes' lower score bound (the official VOC code's 0.05)
     score: str = "softmax"  # centre score: softmax over classes (official) | sigmoid
     keep_best: bool = True  # keep the best foreground centre when none passes mu_fg
-    max_features_per_class: int | None = field(default=20000, metadata=SAMPLING)  # reservoir cap per class and side
+    max_features_per_class: int | None = field(default=None, metadata=SAMPLING)  # reservoir cap per class and side (None: the budget)
     pool_memory_mb: float | None = field(default=4096, metadata=SAMPLING)  # all reservoirs together, whatever C and D
     pool_dtype: str = field(default="float32", metadata=SAMPLING)  # how sampled features are stored
     feature_dtype: str = field(default="float32", metadata=SAMPLING)  # the feature pass: float32 | bfloat16 (autocast)
     kmeans_metric: str = "cosine"
-    kmeans_init: str = "kmeans++"  # kmeans++ | greedy (scikit-learn's) | random (official: distinct rows drawn uniformly)
+    kmeans_init: str = "random"  # random (official: distinct rows drawn uniformly) | kmeans++ | greedy (scikit-learn's)
     kmeans_init_sample: int | None = None  # seed kmeans++/greedy on this many rows drawn uniformly (None: all)
     kmeans_rng: str = "torch"  # random init's rows: torch (a generator per fit) | numpy (the official code's draws)
-    kmeans_stop: str = "relative"  # relative: max centre shift / its norm < tol | total: (sum of shifts)^2 < tol (official)
-    kmeans_tol: float = 1e-4  # the stopping rule's threshold
-    kmeans_max_iter: int | None = 100  # None: no cap (official)
+    kmeans_stop: str = "total"  # total: (sum of shifts)^2 < tol (official) | relative: max centre shift / its norm < tol
+    kmeans_tol: float = 5.0  # the stopping rule's threshold (official: 5; relative: 1e-4)
+    kmeans_max_iter: int | None = 300  # a bound on time (None: no cap, official)
     seed: int = field(default=0, metadata=SAMPLING)
 
     def __post_init__(self) -> None:

@@ -34,8 +34,8 @@ class EvaluationSettings:
 
     scales: tuple[float, ...] = DEFAULT_SCALES  # IRN's test-time scales
     flip: bool = True  # each scale with its mirror image
-    rescale: str = "bilinear"  # the image at another scale: bilinear (the tensor) | pil_bicubic (8-bit, IRN's loader)
-    upsample: str = "direct"  # each scale's map to the image: direct | padded (to a multiple of 16, cropped: IRN's)
+    rescale: str = "pil_bicubic"  # the image at another scale: pil_bicubic (8-bit, IRN's loader) | bilinear (the tensor)
+    upsample: str = "padded"  # each scale's map to the image: padded (to a multiple of 16, cropped: IRN's) | direct
     default_threshold: float = 0.15  # IRN's; the best threshold is reported too
     thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS  # every background threshold scored, in one pass
     compare_rules: tuple[str, ...] = ()  # extra LPCAM rules scored on the same similarities
