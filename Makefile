@@ -1,7 +1,8 @@
 # Two commands from a fresh clone; each installs what it needs into .venv first.
 #   make run               the default job (embedded benchmark, CPU, < 5 min); ARGS="..." adds Hydra overrides
 #   make test              the test suite
-# The venv gets requirements.txt's exact pins (the versions the README's numbers were measured with),
+#   make docs              the documentation site (docs/ -> site/)
+# The venv gets requirements.txt's exact pins (the versions the documented numbers were measured with),
 # then lpcam itself, editable and without re-resolving dependencies, which adds the `lpcam`,
 # `lpcam-report` and `lpcam-seed-study` commands to .venv/bin.
 PYTHON ?= python3
@@ -15,7 +16,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
-.PHONY: install run test
+.PHONY: install run test docs
 install: $(VENV)/.installed
 
 run: $(VENV)/.installed
@@ -23,3 +24,7 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
+
+docs: $(VENV)/.installed   # the configuration page from the config tree, then the site into site/
+	$(PY) -m lpcam.cli.config_reference > docs/configuration.md
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict

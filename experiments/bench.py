@@ -3,7 +3,7 @@
     python experiments/bench.py                    # every section (about 10 minutes on 2 CPU cores)
     python experiments/bench.py --only kmeans      # one or more of: build voc kmeans extraction memory thresholds
 
-Sections (the README's "Scale" table is this script's output on the machine it names):
+Sections (docs/benchmarks.md's tables are this script's output on the machines they name):
 
 - build: the default job's prototype build against its classifier's training, with the build's
   options (bf16 feature pass, prototypes from the seed-evaluation split, per-class image sampling)
@@ -53,7 +53,7 @@ def best_of_each(
     changes) falls on every method alike instead of on whichever ran during it. It cannot steady a
     baseline whose own time moves for a whole run: on the 2-core AMD machine with AVX512-BF16,
     scikit-learn's best of three fits of the same rows took 0.66 s in one interleaved run and
-    1.05 s in the next, while lpcam's moved by 17 % (the README's k-means table there)."""
+    1.05 s in the next, while lpcam's moved by 17 % (docs/benchmarks.md, the AVX512-BF16 k-means table)."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
@@ -70,7 +70,7 @@ def best_of(fn: Callable[[], object], repeat: int) -> float:
 
 
 def table(title: str, header: list[str], rows: list[list[object]]) -> None:
-    """A Markdown table, so the README can take it as printed."""
+    """A Markdown table, so the benchmarks page can take it as printed."""
     print(f"\n### {title}\n")
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
@@ -127,7 +127,7 @@ def section_build(args) -> None:
     from lpcam.hardware import native_cpu_bf16
     from lpcam.models.classifier import Classifier
 
-    # without native bf16 kernels autocast runs reference code (7x slower than float32, README):
+    # without native bf16 kernels autocast runs reference code (7x slower than float32, docs/benchmarks.md):
     # the bf16 rows would say nothing about the option but cost minutes, so they are left out
     bf16 = native_cpu_bf16()
     if not bf16:

@@ -32,6 +32,7 @@ from lpcam.sweeps import Spread, read_sweep
 METHODS = ("cam", "lpcam_official", "lpcam_fg_only", "lpcam_max")
 PRESET = "the preset"
 DEFAULTS = "lpcam's defaults"
+FORMER = "lpcam's former defaults"
 OFFICIAL = "the official code"
 ROWS = {  # row name in the record -> what it is, in the table
     OFFICIAL: "the official code itself (`step/make_lpcam.py`), run on the same classifier and images",
@@ -42,7 +43,8 @@ ROWS = {  # row name in the record -> what it is, in the table
     "kmeans_stop": "... with lpcam's k-means stop: relative shift < 1e-4, at most 100 iterations",
     "kmeans_rng": "... with its random rows drawn by torch instead of numpy (the same distribution)",
     "tau_ties": "... with positions at exactly τ put in the background",
-    DEFAULTS: "every default of lpcam (`lpcam=default`)",
+    DEFAULTS: "lpcam's defaults (`lpcam=default`): the preset with the split CAM at one scale, torch's draws, a 300-iteration cap",
+    FORMER: "lpcam's defaults before this study: k-means++, relative stop, 20,000 features a side, the tensor rescaled",
 }
 
 
@@ -51,7 +53,8 @@ def job_record(job) -> dict:
     r = job.results
     overrides = dict(o.split("=", 1) for o in r.get("overrides", []) if "=" in o)
     preset = "revert" in overrides or overrides.get("lpcam") == "official_protocol"
-    row = overrides.get("revert", "none") if preset else DEFAULTS
+    former = r["prototypes"]["settings"].get("kmeans_init") == "kmeans++"  # the k-means++ of lpcam's earlier defaults
+    row = overrides.get("revert", "none") if preset else (FORMER if former else DEFAULTS)
     return {
         "row": PRESET if row == "none" else row,
         "dataset": r["dataset"],

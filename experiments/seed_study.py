@@ -1,4 +1,4 @@
-"""CAM vs LPCAM over seeds (the README's headline table): the ``lpcam-seed-study`` command.
+"""CAM vs LPCAM over seeds (docs/studies/seeds.md): the ``lpcam-seed-study`` command.
 
     python experiments/seed_study.py --seeds 0 1 2 --variant sigmoid='lpcam.score=sigmoid'
 

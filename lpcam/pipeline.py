@@ -117,7 +117,7 @@ def results_json(
     protos: Prototypes,
     provenance: dict[str, Provenance],
 ) -> dict:
-    """The run's ``results.json`` (schema 2; the README's "results.json" section)."""
+    """The run's ``results.json`` (schema 2; docs/results-json.md)."""
     built = provenance["prototypes"].seconds
     timings = {
         "train": provenance["classifier"].seconds.get("train", 0.0),
@@ -136,6 +136,7 @@ def results_json(
         "methods": evaluator.results,
         "primary_method": evaluator.primary_method,
         "aggregation": evaluator.aggregation_name,
+        "evaluation": evaluation_record(evaluator.settings),
         "prototypes": {
             "settings": {f.name: protos.meta.get(f.name) for f in fields(PrototypeSettings)},  # of the file used
             "images": protos.meta.get("images"),  # the split (and per-class sample) they were built from
@@ -152,6 +153,13 @@ def results_json(
         "peak_memory_mb": peak_memory_mb(),
         "overrides": hydra_overrides(),
     }
+
+
+def evaluation_record(settings: EvaluationSettings) -> dict:
+    """How the maps were extracted and scored (results.json's ``evaluation``): the views, the
+    rescale and upsampling rules and the default threshold, what two runs' figures depend on."""
+    keys = ("scales", "flip", "rescale", "upsample", "default_threshold")
+    return {k: list(v) if isinstance(v := getattr(settings, k), tuple) else v for k in keys}
 
 
 def check_export_method(settings: ExportSettings, aggregation: AggregationRule, evaluation: EvaluationSettings) -> None:

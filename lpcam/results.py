@@ -1,6 +1,6 @@
 """The ``results.json`` contract and its delivery to loggers.
 
-Schema 2 (the README's "results.json" section) is the first schema with names that cannot be
+Schema 2 (docs/results-json.md) is the first schema with names that cannot be
 mistaken for the package: every LPCAM method is keyed by its rule (``lpcam_official``,
 ``lpcam_max``, ...) and ``primary_method`` names the configured one; the prototype settings and
 counts moved from ``lpcam`` to ``prototypes``. :func:`upgrade` reads schema-1 files in these terms.

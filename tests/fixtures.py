@@ -27,7 +27,7 @@ def _draw_objects(rng: np.random.Generator, h: int, w: int, classes: list[int], 
 
 
 def make_voc_fixture(root: Path, num_images: int = 24, num_classes: int = 20, seed: int = 0) -> Path:
-    """VOC2012 as the README describes it (SBD masks merged, IRN's train_aug.txt), no label file:
+    """VOC2012 as the datasets page describes it (SBD masks merged, IRN's train_aug.txt), no label file:
     labels are derived from the masks. Every class appears in ``train_aug``."""
     rng = np.random.default_rng(seed)
     colours = rng.uniform(0, 1, size=(num_classes, 3))

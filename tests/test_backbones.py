@@ -41,7 +41,7 @@ def test_weights_from_a_file_and_clear_errors(tmp_path, monkeypatch):
 
 
 def test_a_backbone_added_by_one_yaml_in_the_users_config_folder(tiny, tmp_path):
-    # what the README tells a user to do: one file in their own config folder, no code change
+    # what the backbones page tells a user to do: one file in their own config folder, no code change
     from lpcam.pipeline import run
 
     folder = tmp_path / "my_conf" / "backbone"

@@ -50,7 +50,8 @@ def test_export_writes_every_format_per_image_and_matches_the_in_memory_maps(tra
     backbone = instantiate(cfg.backbone)
     classifier = obtain(cfg, dm, backbone, tmp_path / "export", None).classifier.eval()
     protos = Prototypes.load(tmp_path / "train" / "prototypes.pt")
-    batch = Batch(item["image"][None], item["label"][None], classifier.features, tuple(cfg.evaluation.scales), cfg.evaluation.flip)
+    views = cfg.evaluation
+    batch = Batch(item["image"][None], item["label"][None], classifier.features, tuple(views.scales), views.flip, views.rescale, views.upsample)
     with torch.no_grad():
         expected = Lpcam(protos).maps(batch)[0, torch.as_tensor(keys)]
     # the export ran this image in a batch, this recomputes it alone: oneDNN's float32 kernels

@@ -17,10 +17,12 @@ def test_default_job_shape_end_to_end_and_reproducible(tiny, tmp_path):
     run_dir = tmp_path / "a"
     on_disk = json.loads((run_dir / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
-    # the results.json contract (the README's "results.json")
+    # the results.json contract (docs/results-json.md)
     assert on_disk["schema"] == 2 and on_disk["dataset"] == "synthetic_parts" and on_disk["split"] == "train"
     assert on_disk["backbone"] == "small_resnet" and on_disk["seed"] == 0
     assert list(on_disk["methods"]) == ["cam", "lpcam_official", "lpcam_fg_only", "lpcam_max"]
+    assert on_disk["evaluation"] == {"scales": [1.0, 0.5], "flip": True, "rescale": "pil_bicubic", "upsample": "padded",
+                                     "default_threshold": 0.15}  # TINY's scales; what the figures depend on
     for method in on_disk["methods"]:
         r = on_disk["methods"][method]
         assert set(r["best"]) == CONTRACT_METRICS and set(r["default"]) == CONTRACT_METRICS

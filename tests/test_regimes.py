@@ -82,7 +82,7 @@ def test_every_cell_builds_prototypes_from_the_training_split(regimes, tmp_path,
 
 
 def test_record_keeps_the_runs_and_fills_the_cells_whose_directories_are_gone(regimes, tmp_path):
-    """The README's table and figure are redrawn from a record of the runs: a run read once is
+    """The study page's table and figure are redrawn from a record of the runs: a run read once is
     kept (compacted) and later fills its cell when its directory is gone; a run directory that
     exists wins over the record."""
     record, out = tmp_path / "docs" / "regimes_runs.json", tmp_path / "runs"

@@ -107,8 +107,8 @@ def test_crafted_exported_maps_are_refused_and_real_ones_read(tmp_path):
     from lpcam.export.formats import ImageMaps, make_format
 
     maps = ImageMaps("img", np.array([1]), np.ones((1, 8, 8), np.float32), np.ones((1, 2, 2), np.float32))
-    make_format("irn").write(tmp_path, maps)  # pickles a torch tensor (IRN's format)
-    keys, high_res = read_irn(tmp_path, "img")
+    make_format("irn").write(tmp_path, maps)  # pickles a torch tensor (IRN's format), into tmp_path/irn/
+    keys, high_res = read_irn(tmp_path / "irn", "img")
     assert keys.tolist() == [1] and high_res.shape == (1, 8, 8)
     marker = tmp_path / "marker"
     np.save(tmp_path / "evil.npy", {"keys": np.array([0]), "cam": RunsCode(marker)}, allow_pickle=True)

@@ -1,4 +1,4 @@
-"""CAM vs LPCAM over seeds, on the embedded benchmark and its control: the README's headline table.
+"""CAM vs LPCAM over seeds, on the embedded benchmark and its control (docs/studies/seeds.md).
 
 Runs the default job (``python -m lpcam.run``, the ``lpcam`` command) once per seed and dataset,
 each in its own process and run directory, then prints mean ± standard deviation (and min–max) of

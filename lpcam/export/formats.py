@@ -8,7 +8,7 @@ folder is what a pipeline is pointed at (IRN's ``--cam_out_dir DIR/irn``, ``--ir
 DIR/ir_label``). Every write goes through ``atomic_write`` (a
 temporary sibling, then a rename): an interrupted write never leaves a file at ``path()``, only
 possibly a ``<name>.partial-<pid>`` next to it. The conventions each format follows, and the
-public code they were read from, are in ``docs/export_formats.md``.
+public code they were read from, are in ``docs/export.md`` ("What the pipelines write and read").
 
 Formats: ``irn`` (IRN / official LPCAM ``.npy`` dict), ``npz`` (the same arrays without pickle),
 ``png`` (seed pseudo-mask, VOC palette), ``mctformer`` (MCTformer's ``.npy`` dict),
