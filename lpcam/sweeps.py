@@ -119,25 +119,32 @@ def method_spreads(group: Group) -> dict[str, dict[str, Spread]]:
         paired = [r[m]["best"]["miou"] - r["cam"]["best"]["miou"] for r in having if "cam" in r]
         if m != "cam" and paired:
             row["delta"] = Spread.of(paired)
+        for part in ("discriminative", "shared"):  # where the dataset has part maps
+            recalls = [r[m]["part_recall"][part] for r in having if (r[m].get("part_recall") or {}).get(part) is not None]
+            if recalls:
+                row[part] = Spread.of(recalls)
         out[m] = row
     return out
 
 
 def summary_table(groups: list[Group]) -> str:
-    """Markdown: group × method, each a mean ± std over the group's jobs (n of them)."""
-    lines = [
-        "| settings | method | n | mIoU (best thr.) | min–max | Δ vs CAM (paired) | Δ min–max | mIoU @ default | precision | recall |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for group in groups:
-        for method, row in method_spreads(group).items():
-            delta = row.get("delta")
-            d, dr = (delta.signed(), delta.range(signed=True)) if delta else ("—", "—")
-            m = row["miou"]
-            lines.append(
-                f"| {group.label} | {method} | {m.n} | {m} | {m.range()} | {d} | {dr} | {row['default']} "
-                f"| {row['precision']} | {row['recall']} |"
-            )
+    """Markdown: group × method, each a mean ± std over the group's jobs (n of them); the part
+    recalls (heads and bodies of the generated benchmarks) where the jobs have them."""
+    rows = [(g, m, r) for g in groups for m, r in method_spreads(g).items()]
+    parts = any("shared" in r for _, _, r in rows)
+    head = "| settings | method | n | mIoU (best thr.) | min–max | Δ vs CAM (paired) | Δ min–max | mIoU @ default | precision | recall |"
+    lines = [head + (" recall: discriminative | recall: shared |" if parts else ""), "|---" * (10 + 2 * parts) + "|"]
+    for group, method, row in rows:
+        delta = row.get("delta")
+        d, dr = (delta.signed(), delta.range(signed=True)) if delta else ("—", "—")
+        m = row["miou"]
+        line = (
+            f"| {group.label} | {method} | {m.n} | {m} | {m.range()} | {d} | {dr} | {row['default']} "
+            f"| {row['precision']} | {row['recall']} |"
+        )
+        if parts:
+            line += f" {row.get('discriminative', '—')} | {row.get('shared', '—')} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
