@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from lpcam import preemption
 from lpcam.cache import FeatureCache, features_max_bytes, weights_digest
 from lpcam.cams.aggregation import AggregationRule, rule_name
+from lpcam.config_schemas import LPCAM_OTHER_KEYS, check_keys
 from lpcam.data.datamodule import SegmentationDataModule
 from lpcam.errors import InputError, input_error_in
 from lpcam.loggers import log_artifact, stage_loggers
@@ -40,7 +41,6 @@ from lpcam.viz import cam_figure
 log = logging.getLogger(__name__)
 
 STAGES = ("all", "train", "evaluate", "export", "score")
-LPCAM_OTHER_KEYS = ("aggregation", "prototypes_path")  # entries of the lpcam group read by other stages
 
 
 def build_settings(node) -> object:
@@ -201,6 +201,7 @@ def run(cfg: DictConfig) -> dict | None:
     starts."""
     if cfg.stage not in STAGES:
         raise InputError(f"stage={cfg.stage!r}: expected one of {', '.join(STAGES)}")
+    check_keys(cfg)
     settings = prototype_settings(cfg)
     evaluation: EvaluationSettings = build_settings(cfg.evaluation)
     exporting: ExportSettings = build_settings(cfg.export)

@@ -13,6 +13,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+import lpcam.config_schemas  # noqa: F401  (registers the groups' schemas that the yaml files name)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 

@@ -1,4 +1,5 @@
-"""Settings are typed objects: checked when built, and a new one needs only its field and its yaml."""
+"""Settings are typed objects: their fields are the config's schema, their checks run when built,
+and a new one needs only its field (and, outside lpcam, its schema registered)."""
 
 from dataclasses import dataclass, field
 
@@ -7,6 +8,7 @@ import torch
 from hydra.utils import instantiate
 
 from lpcam.cache import FeatureCache, weights_digest
+from lpcam.config_schemas import LpcamEntries, register_schema
 from lpcam.errors import InputError
 from lpcam.models.classifier import Classifier
 from lpcam.pipeline import prototype_settings, run
@@ -16,8 +18,8 @@ from lpcam.stages.evaluation import EvaluationSettings
 
 @dataclass(frozen=True)
 class WithStride(PrototypeSettings):
-    """A prototype setting added as a user would: a field (here one that changes the sampled
-    features, so it is declared SAMPLING) and a line of yaml; nothing else is edited."""
+    """A prototype setting added as a user would outside lpcam: a field (here one that changes the
+    sampled features, so it is declared SAMPLING), its schema registered, a yaml that uses it."""
 
     sample_stride: int = field(default=1, metadata=SAMPLING)
 
@@ -25,8 +27,11 @@ class WithStride(PrototypeSettings):
 def test_a_new_prototype_setting_reaches_the_prototypes_file_and_the_feature_cache_key(tiny, tmp_path):
     conf = tmp_path / "my_conf" / "lpcam"
     conf.mkdir(parents=True)
+    register_schema("strided_schema", WithStride, LpcamEntries)
     (conf / "strided.yaml").write_text(
-        "defaults:\n  - default\n  - _self_\n\n_target_: tests.test_settings.WithStride\nsample_stride: 2\n"
+        "defaults:\n  - /strided_schema@_here_\n  - aggregation: official\n  - _self_\n\n"
+        "split_rescale: ${evaluation.rescale}\nsplit_upsample: ${evaluation.upsample}\nseed: ${seed}\n"
+        "sample_stride: 2\n"
     )
     cfg = tiny(f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "lpcam=strided", "stage=train")
     settings = prototype_settings(cfg)

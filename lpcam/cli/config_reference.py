@@ -4,9 +4,9 @@
 
 Every key of the default composition is listed, group by group, with its type, its default as the
 yaml states it (interpolations unresolved) and its meaning. The meaning is the comment beside the
-key: in the settings class that types the group (the field's trailing comment in
-``lpcam/prototypes/settings.py``, ``lpcam/stages/evaluation.py``, ``lpcam/stages/export.py``), else
-in the yaml file that sets it. Nothing here is written by hand, so a test can regenerate the page
+key: in the settings classes whose fields are the group's schema (:mod:`lpcam.config_schemas`: the
+field's trailing comment in ``lpcam/prototypes/settings.py``, ``lpcam/stages/evaluation.py``,
+``lpcam/stages/export.py``) or the class its ``_target_`` names, else in the yaml file that sets it. Nothing here is written by hand, so a test can regenerate the page
 and fail when the file is stale.
 """
 
@@ -26,6 +26,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lpcam.config_dirs import config_dir
+from lpcam.config_schemas import SETTINGS_CLASSES
 
 CONF = config_dir()
 GROUP_ORDER = ["", "dataset", "backbone", "model", "trainer", "lpcam", "evaluation", "export", "logger"]
@@ -196,9 +197,11 @@ def reference() -> str:
                 prefix = dotted.split(".", 1)[1]
                 comments.update({f"{prefix}.{k}": v for k, v in yaml_comments(sub_path).items()})
         node = cfg[group] if group else None
-        cls = target_class(str(node._get_node("_target_")._value())) if group and "_target_" in node else None
-        documented = field_comments(cls) if cls else {}
-        hints = typing.get_type_hints(cls) if cls else {}
+        classes = SETTINGS_CLASSES.get(group) or [
+            c for c in [target_class(str(node._get_node("_target_")._value()))] if c
+        ] if group and ("_target_" in node or group in SETTINGS_CLASSES) else []
+        documented = {k: v for c in classes for k, v in field_comments(c).items()}
+        hints = {k: v for c in classes for k, v in typing.get_type_hints(c).items()}
         title = f"## `{group}`" if group else "## Top-level keys"
         lines += [title, ""]
         if group:

@@ -1,10 +1,11 @@
 """How prototypes are built: one typed, frozen, self-checking settings object.
 
-Hydra builds it from the ``lpcam`` config group (``_target_`` in ``conf/lpcam/default.yaml``).
+Hydra builds it from the ``lpcam`` config group, whose schema is this class's fields
+(:mod:`lpcam.config_schemas`): their types are checked when the config is composed, their ranges here.
 Everything downstream reads it from here: the build takes it whole, the prototypes file records
 :meth:`PrototypeSettings.as_dict` in its ``meta``, and the feature cache hashes
-:meth:`PrototypeSettings.sampling_dict`. Adding a setting is therefore one field here and one line
-in the yaml; a field that changes which features are sampled is declared with ``metadata=SAMPLING``
+:meth:`PrototypeSettings.sampling_dict`. Adding a setting is therefore one field here (with its
+check in :meth:`PrototypeSettings._checks`) and the code that reads it; a field that changes which features are sampled is declared with ``metadata=SAMPLING``
 so that it also reaches the feature-cache key.
 """
 
@@ -14,7 +15,6 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from lpcam.errors import InputError
-from lpcam.field_types import check_field_types
 
 SAMPLING = {"sampling": True}  # field metadata: the setting changes the sampled feature pool
 SCORES = ("softmax", "sigmoid")
@@ -55,7 +55,7 @@ class PrototypeSettings:
     pool_memory_mb: float | None = field(default=4096, metadata=SAMPLING)  # all reservoirs together, whatever C and D
     pool_dtype: str = field(default="float32", metadata=SAMPLING)  # how sampled features are stored
     feature_dtype: str = field(default="float32", metadata=SAMPLING)  # the feature pass: float32 | bfloat16 (autocast)
-    kmeans_metric: str = "cosine"
+    kmeans_metric: str = "cosine"  # cosine (assignment by cosine similarity, centres the means of the raw features: the official code's) | euclidean
     kmeans_init: str = "random"  # random (official: distinct rows drawn uniformly) | kmeans++ | greedy (scikit-learn's)
     kmeans_init_sample: int | None = None  # seed kmeans++/greedy on this many rows drawn uniformly (None: all)
     kmeans_rng: str = "torch"  # random init's rows: torch (a generator per fit) | numpy (the official code's draws)
@@ -65,7 +65,6 @@ class PrototypeSettings:
     seed: int = field(default=0, metadata=SAMPLING)
 
     def __post_init__(self) -> None:
-        check_field_types(self, "lpcam")
         object.__setattr__(self, "split_scales", tuple(self.split_scales))  # Hydra hands lists over
         for name, ok, expected in self._checks():
             if not ok:

@@ -18,7 +18,6 @@ from lpcam.cams.cam import Cam
 from lpcam.cams.multiscale import DEFAULT_SCALES, RESCALES, UPSAMPLES
 from lpcam.cams.prototype_maps import Lpcam
 from lpcam.errors import InputError
-from lpcam.field_types import check_field_types
 from lpcam.metrics.segmentation import DEFAULT_THRESHOLDS, SeedConfusion
 from lpcam.models.classifier import Classifier
 from lpcam.prototypes.store import Prototypes
@@ -46,7 +45,6 @@ class EvaluationSettings:
     methods: tuple[Callable[..., CamMethod], ...] = ()  # more methods: factories(classifier=, prototypes=)
 
     def __post_init__(self) -> None:
-        check_field_types(self, "evaluation")
         for f in fields(self):
             if isinstance(f.default, tuple):  # Hydra hands lists over
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))

@@ -26,7 +26,6 @@ from torch import Tensor
 from lpcam.cache import tensors_digest, weights_digest
 from lpcam.cams.base import CamMethod
 from lpcam.errors import InputError, MissingInput
-from lpcam.field_types import check_field_types
 from lpcam.export.formats import FORMATS, ImageMaps, crf_available, make_format, read_irn, strided_size
 from lpcam.metrics.segmentation import SeedConfusion
 from lpcam.models.classifier import Classifier
@@ -45,7 +44,7 @@ class ExportSettings:
     """What ``stage=export`` writes (the ``export`` config group, built by Hydra)."""
 
     dir: str | None = None  # where the files go (required for stage=export)
-    formats: tuple[str, ...] = ("irn",)
+    formats: tuple[str, ...] = ("irn",)  # irn, npz, png, mctformer, ir_label: each into its own subfolder, DIR/<format>/
     split: str | None = None  # default: the training split, as the official code's LPCAM step
     method: str | None = None  # default: the configured LPCAM rule (results key, e.g. lpcam_max, cam)
     threshold: float | None = None  # png seeds: default the evaluation's best threshold, else its default
@@ -54,10 +53,6 @@ class ExportSettings:
     crf: bool = False  # ir_label: dense-CRF refinement as IRN's (needs pydensecrf); never chosen by what is installed
 
     def __post_init__(self) -> None:
-        for name in ("dir", "split"):  # a folder or split named by digits arrives as a number
-            if isinstance(getattr(self, name), int) and not isinstance(getattr(self, name), bool):
-                object.__setattr__(self, name, str(getattr(self, name)))
-        check_field_types(self, "export")
         object.__setattr__(self, "formats", tuple(self.formats))
         ir_label_crf = not self.crf or "ir_label" not in self.formats or crf_available()
         checks = [
