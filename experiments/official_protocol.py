@@ -43,7 +43,7 @@ ROWS = {  # row name in the record -> what it is, in the table
     "kmeans_stop": "... with lpcam's k-means stop: relative shift < 1e-4, at most 100 iterations",
     "kmeans_rng": "... with its random rows drawn by torch instead of numpy (the same distribution)",
     "tau_ties": "... with positions at exactly τ put in the background",
-    DEFAULTS: "lpcam's defaults (`lpcam=default`): the preset with the split CAM at one scale, torch's draws, a 300-iteration cap",
+    DEFAULTS: "lpcam's defaults (`lpcam=default`): the preset with the split CAM at one scale on the feature grid, torch's draws, a 300-iteration cap, the best centre kept",
     FORMER: "lpcam's defaults before this study: k-means++, relative stop, 20,000 features a side, the tensor rescaled",
 }
 
