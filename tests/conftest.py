@@ -35,6 +35,32 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def loopback_only():
+    """No test reaches the network: a connection to anything but this machine fails at once (the
+    download tests serve their files from 127.0.0.1). Subprocesses are not covered; they run the
+    pipeline on generated data, which downloads nothing."""
+    import ipaddress
+    import socket
+
+    real = socket.socket.connect
+
+    def connect(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            host = address[0]
+            try:
+                local = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                local = host == "localhost"
+            if not local:
+                raise OSError(f"tests may not reach the network (connect to {address!r})")
+        return real(self, address)
+
+    socket.socket.connect = connect
+    yield
+    socket.socket.connect = real
+
+
 def experiment_script(name: str) -> Iterator[ModuleType]:
     """``experiments/<name>.py`` imported as a module, for a fixture to yield: the scripts are
     not a package (they run as ``python experiments/<name>.py``), and registering the module in

@@ -34,7 +34,8 @@ def test_weights_from_a_file_and_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(MissingInput, match="backbone.weights=.*no such file"):
         torchvision_resnet("resnet18", weights=str(tmp_path / "missing.pth"))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    with pytest.raises(MissingInput, match="not in the local cache"):
+    monkeypatch.setenv("LPCAM_OFFLINE", "1")  # downloads: tests/test_downloads.py, against a loopback server
+    with pytest.raises(MissingInput, match="resnet18-f37072fd.pth is not there and downloads are off"):
         torchvision_resnet("resnet18", pretrained=True)
     with pytest.raises(ValueError, match="output_stride"):
         torchvision_resnet("resnet18", output_stride=4)
@@ -95,7 +96,7 @@ def test_vit_patch_tokens_form_a_map_at_any_input_size():
     assert diff.argmax() == 0
 
 
-def test_timm_weights_from_a_file_and_a_clear_error_without_them(tmp_path):
+def test_timm_weights_from_a_file_and_a_clear_error_without_them(tmp_path, monkeypatch):
     import timm
 
     from lpcam.models.timm_backbones import timm_cnn, vit_tokens
@@ -106,7 +107,11 @@ def test_timm_weights_from_a_file_and_a_clear_error_without_them(tmp_path):
     assert torch.equal(net.body.net.pos_embed, state["pos_embed"])
     with pytest.raises(MissingInput, match="backbone.weights=.*no such file"):
         timm_cnn("resnet18", weights=str(tmp_path / "missing.pth"))
-    with pytest.raises(MissingInput, match="not in the local Hugging Face cache"):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # an empty cache
+    with pytest.raises(MissingInput, match=r"not in the local Hugging Face cache and downloads are off \(LPCAM_OFFLINE=1 or HF_HUB_OFFLINE=1\)"):
         timm_cnn("resnet18", pretrained=True)
 
 

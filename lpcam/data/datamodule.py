@@ -19,9 +19,26 @@ from lpcam.data.fingerprint import DataContent, FileGroup, content_of
 from lpcam.data.generated import DatasetGenerator
 from lpcam.data.settings import DataSettings
 from lpcam.data.transforms import TrainTransform
+from lpcam.data.prepare_voc import prepare_voc
 from lpcam.data.voc import VOCSegmentation, read_class_names, read_split
+from lpcam.errors import InputError
 
 log = logging.getLogger(__name__)
+
+
+def _download_voc(root: Path) -> None:
+    prepared = prepare_voc(root)
+    counts = ", ".join(f"{n:,} {split}" for split, n in prepared.counts.items())
+    log.info("dataset voc: %s %s (%s)", prepared.root, "complete" if prepared.done_before else "downloaded and prepared", counts)
+
+
+def _download_coco(root: Path) -> None:
+    from lpcam.data.prepare_coco import prepare_coco
+
+    prepare_coco(root, yes=False)  # a complete tree passes; else its 20 GB are said and lpcam-data's --yes asked for
+
+
+DOWNLOADABLE = {"voc": _download_voc, "coco": _download_coco}  # dataset.name -> what dataset.download=true runs on dataset.root
 
 
 class SegmentationDataModule(pl.LightningDataModule):
@@ -38,7 +55,8 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     ``generator`` (optional) writes the dataset in ``prepare_data`` when it is not there yet,
     which is how the embedded benchmark appears on a fresh clone; its data then lives in
-    ``root/<fingerprint of the generator's parameters>``.
+    ``root/<fingerprint of the generator's parameters>``. ``download=true`` (VOC) downloads and
+    prepares it there instead, when it is not complete yet (:mod:`lpcam.data.prepare_voc`).
 
     The settings are checked when the datamodule is built (:class:`DataSettings`), the files in
     ``prepare_data`` (:meth:`preflight`, :mod:`lpcam.data.checks`): both before any training.
@@ -66,6 +84,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         images_per_class: int | None = None,
         seed: int = 0,
         bad_images: str = "error",
+        download: bool = False,
     ) -> None:
         super().__init__()
         self.settings = DataSettings.of(
@@ -79,6 +98,9 @@ class SegmentationDataModule(pl.LightningDataModule):
             self.root = self.root / generator.fingerprint()
         self.name = name
         self.generator = generator
+        self.download = download
+        if download and name not in DOWNLOADABLE:
+            raise InputError(f"dataset.download=true: lpcam downloads {', '.join(DOWNLOADABLE)}, not {name!r}; put the data in {self.root}")
         self._class_names = list(class_names) if class_names else (generator.class_names if generator else None)
         self.train_split, self.val_split, self.eval_split = train_split, val_split, eval_split
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
@@ -108,6 +130,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         root or a bad file fails at once, in one line naming it, before any training."""
         if self.generator is not None:
             self.generator.write(self.root)
+        if self.download:
+            DOWNLOADABLE[self.name](self.root)
         self.preflight()
 
     def preflight(self, splits: Sequence[str] | None = None) -> dict[str, SplitCheck]:

@@ -17,7 +17,8 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, conv1x1
 
-from lpcam.errors import MissingInput
+from lpcam.downloads import RemoteFile, fetch, hub_hash_prefix
+from lpcam.errors import InputError, MissingInput
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -78,19 +79,23 @@ def torchvision_resnet(
     output_stride: int = 16,
     pretrained: bool = False,
     weights: str | None = None,
+    pretrained_weights: str = "DEFAULT",
 ) -> Backbone:
     """A torchvision ResNet cut after layer4, with output stride 32, 16 or 8.
 
     The paper's backbone is ``resnet50`` at output stride 16 (IRN's strides 2, 2, 2, 1). Lowering
     the stride removes the stride of layer4 (and layer3 for 8) without dilation, like IRN.
-    ``pretrained`` loads torchvision's ImageNet weights from the local torch cache only (no
-    download is attempted); ``weights`` loads a state dict from a file.
+    ``pretrained`` loads torchvision's ImageNet weights from the torch hub cache, downloading them
+    (checked, resumable: :mod:`lpcam.downloads`) when they are not there, unless downloads are
+    off (``LPCAM_OFFLINE=1``); ``pretrained_weights`` names which of torchvision's weights
+    (``DEFAULT``, ``IMAGENET1K_V1``: IRN's and the official LPCAM code's, ``IMAGENET1K_V2``);
+    ``weights`` loads a state dict from a file.
     """
     if output_stride not in (8, 16, 32):
         raise ValueError(f"backbone.output_stride must be 8, 16 or 32, got {output_stride}")
     net = getattr(torchvision.models, arch)(weights=None)
     if pretrained or weights:
-        net.load_state_dict(_load_weights(arch, weights))
+        net.load_state_dict(_load_weights(arch, weights, pretrained_weights))
     if output_stride <= 16:
         _set_stride_one(net.layer4)
     if output_stride == 8:
@@ -99,20 +104,26 @@ def torchvision_resnet(
     return Backbone(body, net.fc.in_features, output_stride, arch, "layer4", pretrained=bool(pretrained or weights))
 
 
-def _load_weights(arch: str, path: str | None) -> dict:
+def _load_weights(arch: str, path: str | None, tag: str = "DEFAULT") -> dict:
     if path is not None:
         if not Path(path).is_file():
             raise MissingInput(f"backbone.weights={path}: no such file")
         state = torch.load(path, map_location="cpu", weights_only=True)
         return state.get("state_dict", state)
-    enum = torchvision.models.get_model_weights(arch).DEFAULT
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
-    if not cached.is_file():
-        raise MissingInput(
-            f"backbone.pretrained=true: {arch} ImageNet weights are not in the local cache ({cached}) and "
-            f"nothing is downloaded; put the file there or pass backbone.weights=PATH"
-        )
+    remote = imagenet_weights(arch, tag)
+    cached = fetch(remote, Path(torch.hub.get_dir()) / "checkpoints" / remote.filename)
     return torch.load(cached, map_location="cpu", weights_only=True)
+
+
+def imagenet_weights(arch: str, tag: str = "DEFAULT") -> RemoteFile:
+    """torchvision's ImageNet weights ``tag`` of ``arch``: its URL, and the SHA-256 prefix its file
+    name carries (torch hub's check). They are cached where ``torchvision.models.<arch>(weights=
+    tag)`` caches them, so either reads what the other downloaded."""
+    enum = torchvision.models.get_model_weights(arch)
+    if tag not in enum.__members__:
+        raise InputError(f"backbone.pretrained_weights={tag!r}: expected one of {sorted(enum.__members__)} (torchvision's {enum.__name__})")
+    url = enum[tag].url
+    return RemoteFile(url, hub_hash_prefix(Path(url).name) or "", f"{arch} ImageNet weights")
 
 
 def small_resnet(

@@ -1,9 +1,10 @@
 """timm backbones: any timm CNN through ``features_only``, and a ViT whose patch tokens form the map.
 
 Both return a :class:`~lpcam.models.backbones.Backbone`, so CAM, LPCAM and the baselines use them
-unchanged. Pre-trained weights are never downloaded: ``pretrained=true`` reads them from the local
-Hugging Face cache (where timm keeps them) or ``weights=PATH`` from a file, and a missing file is
-reported at once. Both normalise their input with the mean and std of the model's own
+unchanged. ``pretrained=true`` reads the weights from the local Hugging Face cache (where timm
+keeps them) and, when they are not there, lets timm download them as ``timm.create_model(...,
+pretrained=True)`` does (``HF_ENDPOINT`` for a mirror); with downloads off (``LPCAM_OFFLINE=1`` or
+``HF_HUB_OFFLINE=1``) a missing file is reported at once. ``weights=PATH`` reads a file instead. Both normalise their input with the mean and std of the model's own
 ``pretrained_cfg`` (0.5/0.5 for many ViTs, Inception and the TF EfficientNets), not ImageNet's.
 """
 
@@ -15,13 +16,15 @@ import timm
 from timm.data import resolve_model_data_config
 from torch import Tensor, nn
 
+from lpcam.downloads import offline
 from lpcam.errors import MissingInput
 from lpcam.models.backbones import Backbone
 
 
-def _pretrained_file(model_name: str, weights: str | None) -> str:
+def _pretrained_file(model_name: str, weights: str | None) -> str | None:
     """The weights file for ``model_name``: ``weights`` if given, else timm's file in the local
-    Hugging Face cache; a clear error naming both options otherwise (no network access)."""
+    Hugging Face cache; None when it is not cached and downloads are allowed (timm then fetches
+    it); with downloads off, a clear error naming the options."""
     if weights is not None:
         if not Path(weights).is_file():
             raise MissingInput(f"backbone.weights={weights}: no such file")
@@ -36,17 +39,22 @@ def _pretrained_file(model_name: str, weights: str | None) -> str:
             path = try_to_load_from_cache(repo, filename, revision=revision or None)
             if isinstance(path, str):
                 return path
+    if not offline():
+        return None
     raise MissingInput(
         f"backbone.pretrained=true: timm weights of {model_name} ({hub_id or 'no hub id'}) are not in the local "
-        f"Hugging Face cache and nothing is downloaded; copy them there or pass backbone.weights=PATH"
+        f"Hugging Face cache and downloads are off (LPCAM_OFFLINE=1 or HF_HUB_OFFLINE=1); copy them there, "
+        f"unset the switch or pass backbone.weights=PATH"
     )
 
 
 def _create(model_name: str, pretrained: bool, weights: str | None, **kwargs) -> nn.Module:
     if not (pretrained or weights):
         return timm.create_model(model_name, pretrained=False, **kwargs)
-    overlay = {"file": _pretrained_file(model_name, weights)}
-    return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+    file = _pretrained_file(model_name, weights)
+    if file is None:  # timm downloads it through huggingface_hub (its progress bar, its cache, HF_ENDPOINT)
+        return timm.create_model(model_name, pretrained=True, **kwargs)
+    return timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay={"file": file}, **kwargs)
 
 
 def _normalisation(net: nn.Module) -> dict:
