@@ -220,3 +220,12 @@ def test_the_papers_recipe_runs_from_an_empty_folder_and_the_offline_switch_stop
     assert (tmp_path / "empty" / "VOC2012" / prep.MARKER).is_file() and (tmp_path / "hub" / "checkpoints" / name).is_file()
     assert sorted(archives.names()) == sorted([prep.VOC_TAR.filename, prep.SBD_TGZ.filename, name])
     assert json.loads((tmp_path / "run" / "results.json").read_text())["backbone"] == "resnet50"
+
+
+def test_the_sources_are_torchvisions():
+    from torchvision.datasets import SBDataset
+    from torchvision.datasets.voc import DATASET_YEAR_DICT
+
+    assert (prep.VOC_TAR.url, prep.VOC_TAR.digest) == (DATASET_YEAR_DICT["2012"]["url"], DATASET_YEAR_DICT["2012"]["md5"])
+    assert (prep.SBD_TGZ.url, prep.SBD_TGZ.digest, prep.SBD_TGZ.algorithm) == (SBDataset.url, SBDataset.md5, "md5")
+    assert prep.VOC_TAR.filename == "VOCtrainval_11-May-2012.tar" and prep.SBD_TGZ.filename == "benchmark.tgz"

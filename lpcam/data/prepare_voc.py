@@ -36,15 +36,23 @@ from lpcam.downloads import RemoteFile, fetch
 from lpcam.errors import InputError
 
 log = logging.getLogger(__name__)
-# torchvision's sources (torchvision.datasets.voc.DATASET_YEAR_DICT["2012"], torchvision.datasets.SBDataset)
-VOC_TAR = RemoteFile(
-    "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
-    "6cd6e144f989b92b3379bac3b3de84fd", "VOC2012 trainval", algorithm="md5",
-)
-SBD_TGZ = RemoteFile(
-    "https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/semantic_contours/benchmark.tgz",
-    "82b4d87ceb2ed10f6038a1cba92111cb", "SBD (benchmark.tgz)", algorithm="md5",
-)
+
+
+def _torchvision_sources() -> tuple[RemoteFile, RemoteFile]:
+    """VOC2012 trainval and SBD where torchvision's ``VOCSegmentation`` and ``SBDataset`` fetch them,
+    with their MD5 sums: read from torchvision, so a moved mirror it follows is followed here too.
+    (Its download helper is not used: it writes under the final name and cannot resume.)"""
+    from torchvision.datasets import SBDataset
+    from torchvision.datasets.voc import DATASET_YEAR_DICT
+
+    voc = DATASET_YEAR_DICT["2012"]
+    return (
+        RemoteFile(voc["url"], voc["md5"], "VOC2012 trainval", algorithm="md5"),
+        RemoteFile(SBDataset.url, SBDataset.md5, "SBD (benchmark.tgz)", algorithm="md5"),
+    )
+
+
+VOC_TAR, SBD_TGZ = _torchvision_sources()
 NEEDED_BYTES = 2_000_000_000 + 1_420_000_000 + 2_100_000_000 + 200_000_000  # both archives, VOC extracted, SBD's masks
 SBD_MEMBERS = ("benchmark_RELEASE/dataset/cls/", "benchmark_RELEASE/dataset/train.txt", "benchmark_RELEASE/dataset/val.txt")
 
