@@ -16,6 +16,7 @@ FORBIDDEN = {
     "data": ("lpcam.cams", "lpcam.prototypes", "lpcam.stages", "lpcam.pipeline", "lpcam.models"),
     "stages": ("lpcam.pipeline", "lpcam.run"),
     "export": ("lpcam.cams", "lpcam.prototypes", "lpcam.stages", "lpcam.pipeline", "lpcam.models"),
+    "refine": ("lpcam.cams", "lpcam.prototypes", "lpcam.stages", "lpcam.pipeline", "lpcam.data", "lpcam.cache"),
 }
 
 
