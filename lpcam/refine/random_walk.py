@@ -47,7 +47,7 @@ def offsets(radius: int = 5) -> tuple[tuple[Offset, tuple[Offset, ...]], ...]:
     return tuple(out)
 
 
-def _shifted(x: Tensor, dy: int, dx: int, fill: float) -> Tensor:
+def shifted(x: Tensor, dy: int, dx: int, fill: float) -> Tensor:
     """``out[..., y, x] = x[..., y + dy, x + dx]``, ``fill`` where that is outside the image."""
     h, w = x.shape[-2:]
     padded = F.pad(x, (max(0, -dx), max(0, dx), max(0, -dy), max(0, dy)), value=fill)
@@ -60,7 +60,7 @@ def affinities(boundary: Tensor, radius: int = 5) -> Tensor:
     (y, x) and (y + dy, x + dx), zero where the partner is outside the image."""
     out = []
     for (dy, dx), path in offsets(radius):
-        strongest = torch.stack([_shifted(boundary, py, px, fill=1.0) for py, px in path]).amax(dim=0)
+        strongest = torch.stack([shifted(boundary, py, px, fill=1.0) for py, px in path]).amax(dim=0)
         out.append(1.0 - strongest)
     return torch.stack(out)
 
@@ -74,7 +74,7 @@ def random_walk(cams: Tensor, boundary: Tensor, beta: float = 10.0, exp_times: i
     pairs = [(0, 0, torch.ones_like(boundary))]  # a_pp = 1
     for ((dy, dx), _), a in zip(offsets(radius), half):
         pairs.append((dy, dx, a))  # from p + o into p: a_{p+o, p} = a_{p, p+o}
-        pairs.append((-dy, -dx, _shifted(a, -dy, -dx, fill=0.0)))  # from p - o into p: a_{p-o, p}
+        pairs.append((-dy, -dx, shifted(a, -dy, -dx, fill=0.0)))  # from p - o into p: a_{p-o, p}
     # T's columns as a (k*k, H*W) stencil over the k x k window around each position (unused
     # window cells weigh 0), so that one step is one unfold and one weighted sum
     k = 2 * (radius - 1) + 1
