@@ -55,8 +55,9 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     ``generator`` (optional) writes the dataset in ``prepare_data`` when it is not there yet,
     which is how the embedded benchmark appears on a fresh clone; its data then lives in
-    ``root/<fingerprint of the generator's parameters>``. ``download=true`` (VOC) downloads and
-    prepares it there instead, when it is not complete yet (:mod:`lpcam.data.prepare_voc`).
+    ``root/<fingerprint of the generator's parameters>``. ``download=true`` downloads and prepares
+    VOC there instead when it is not complete yet (:mod:`lpcam.data.prepare_voc`); for COCO it
+    accepts a tree ``lpcam-data coco DIR --yes`` prepared and otherwise asks for that command.
 
     The settings are checked when the datamodule is built (:class:`DataSettings`), the files in
     ``prepare_data`` (:meth:`preflight`, :mod:`lpcam.data.checks`): both before any training.
