@@ -27,6 +27,7 @@ def test_on_the_default_backbone_it_reads_the_stride_4_blocks_and_only_its_head_
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
     assert trainable and all(not n.startswith("backbone.") for n in trainable)
     net.train()
+    net(torch.rand(1, 3, 32, 32))
     assert not net.backbone.training  # frozen BatchNorm statistics, as IRN's FixedBatchNorm
     b = net.boundary(torch.rand(3, 96, 80))
     assert b.shape == (24, 20) and 0 <= b.min() and b.max() <= 1

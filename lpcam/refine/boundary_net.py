@@ -68,12 +68,11 @@ class BoundaryNet(nn.Module):
         for p in self.backbone.parameters():
             p.requires_grad_(False)
 
-    def train(self, mode: bool = True) -> BoundaryNet:
-        super().train(mode)
-        self.backbone.eval()  # frozen, its BatchNorm statistics included (IRN's FixedBatchNorm)
-        return self
-
     def features(self, images: Tensor) -> list[Tensor]:
+        # frozen, its BatchNorm statistics included (IRN's FixedBatchNorm): in eval mode whatever
+        # mode a trainer set (Lightning sets each submodule's mode itself, not through train())
+        if self.backbone.training:
+            self.backbone.eval()
         wanted = {i for i, _, _ in self.levels}
         x = ((images - self.backbone.mean) / self.backbone.std).contiguous(memory_format=torch.channels_last)
         out = []
