@@ -229,3 +229,12 @@ def test_the_sources_are_torchvisions():
     assert (prep.VOC_TAR.url, prep.VOC_TAR.digest) == (DATASET_YEAR_DICT["2012"]["url"], DATASET_YEAR_DICT["2012"]["md5"])
     assert (prep.SBD_TGZ.url, prep.SBD_TGZ.digest, prep.SBD_TGZ.algorithm) == (SBDataset.url, SBDataset.md5, "md5")
     assert prep.VOC_TAR.filename == "VOCtrainval_11-May-2012.tar" and prep.SBD_TGZ.filename == "benchmark.tgz"
+
+
+def test_a_broken_archive_put_in_downloads_by_hand_is_one_line(archives, tmp_path):
+    (tmp_path / "data" / "downloads").mkdir(parents=True)
+    (tmp_path / "data" / "downloads" / prep.VOC_TAR.filename).write_bytes(b"half a tar")  # present: trusted as torch hub trusts its cache
+    with pytest.raises(InputError, match=r"VOCtrainval_11-May-2012.tar: not a readable tar archive \(ReadError\); remove it and run again") as err:
+        prep.prepare_voc(tmp_path / "data" / "VOC2012", progress=False)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "data" / "VOC2012").exists()

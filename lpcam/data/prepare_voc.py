@@ -82,9 +82,12 @@ def sbd_mask(path: Path) -> np.ndarray:
 
 def _extract(archive: Path, into: Path, members: tuple[str, ...] | None = None) -> None:
     """Extract ``archive`` (all of it, or the members under the given prefixes), safely."""
-    with tarfile.open(archive) as tar:
-        chosen = [m for m in tar.getmembers() if members is None or m.name.startswith(members)]
-        tar.extractall(into, members=chosen, filter="data")
+    try:
+        with tarfile.open(archive) as tar:
+            chosen = [m for m in tar.getmembers() if members is None or m.name.startswith(members)]
+            tar.extractall(into, members=chosen, filter="data")
+    except (tarfile.TarError, EOFError) as err:  # a file put in downloads/ by hand is trusted unchecked
+        raise InputError(f"{archive}: not a readable tar archive ({type(err).__name__}); remove it and run again") from None
 
 
 def prepare_voc(root: str | Path, progress: bool = True) -> Prepared:
