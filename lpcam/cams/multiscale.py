@@ -42,14 +42,19 @@ def rescale_images(images: Tensor, size: tuple[int, int], rescale: str = "biline
     raise ValueError(f"rescale={rescale!r}: expected one of {RESCALES}")
 
 
+def uint8_pixels(image: Tensor) -> np.ndarray:
+    """A (3, H, W) image in [0, 1] as the (H, W, 3) 8-bit RGB pixels it was read as (lpcam's
+    images are uint8 / 255)."""
+    return (image.detach().permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
 def pil_bicubic(images: Tensor, size: tuple[int, int]) -> Tensor:
-    """Each image as 8-bit RGB (the pixels it was read as: lpcam's images are uint8 / 255), resized
-    by PIL's bicubic filter, and back to [0, 1]: IRN's ``pil_rescale(img, s, order=3)``."""
+    """Each image as 8-bit RGB, resized by PIL's bicubic filter, and back to [0, 1]: IRN's
+    ``pil_rescale(img, s, order=3)``."""
     h, w = size
     out = []
     for image in images:
-        pixels = (image.detach().permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-        resized = np.asarray(Image.fromarray(pixels).resize((w, h), Image.BICUBIC))
+        resized = np.asarray(Image.fromarray(uint8_pixels(image)).resize((w, h), Image.BICUBIC))
         out.append(torch.from_numpy(resized.copy()).permute(2, 0, 1))
     return (torch.stack(out).to(device=images.device, dtype=images.dtype)) / 255
 

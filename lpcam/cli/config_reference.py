@@ -197,9 +197,11 @@ def reference() -> str:
                 prefix = dotted.split(".", 1)[1]
                 comments.update({f"{prefix}.{k}": v for k, v in yaml_comments(sub_path).items()})
         node = cfg[group] if group else None
-        classes = SETTINGS_CLASSES.get(group) or [
-            c for c in [target_class(str(node._get_node("_target_")._value()))] if c
-        ] if group and ("_target_" in node or group in SETTINGS_CLASSES) else []
+        classes: list[type] = []
+        if group in SETTINGS_CLASSES:  # the group's schema: its settings classes' fields
+            classes = list(SETTINGS_CLASSES[group])
+        elif group and "_target_" in node and (cls := target_class(str(node._get_node("_target_")._value()))):
+            classes = [cls]
         documented = {k: v for c in classes for k, v in field_comments(c).items()}
         hints = {k: v for c in classes for k, v in typing.get_type_hints(c).items()}
         title = f"## `{group}`" if group else "## Top-level keys"

@@ -19,6 +19,7 @@ from lpcam.data.fingerprint import DataContent, FileGroup, content_of
 from lpcam.data.generated import DatasetGenerator
 from lpcam.data.settings import DataSettings
 from lpcam.data.transforms import TrainTransform
+from lpcam.data.prepare_coco import prepare_coco
 from lpcam.data.prepare_voc import prepare_voc
 from lpcam.data.voc import VOCSegmentation, read_class_names, read_split
 from lpcam.errors import InputError
@@ -33,8 +34,6 @@ def _download_voc(root: Path) -> None:
 
 
 def _download_coco(root: Path) -> None:
-    from lpcam.data.prepare_coco import prepare_coco
-
     prepare_coco(root, yes=False)  # a complete tree passes; else its 20 GB are said and lpcam-data's --yes asked for
 
 

@@ -60,9 +60,12 @@ class Backbone(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
+    def normalise(self, images: Tensor) -> Tensor:
+        """[0, 1] RGB images as the body expects them (its mean and std, channels-last)."""
+        return ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
+
     def forward(self, images: Tensor) -> Tensor:
-        x = ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-        return self.body(x).contiguous()
+        return self.body(self.normalise(images)).contiguous()
 
 
 def _set_stride_one(layer: nn.Sequential) -> None:

@@ -74,7 +74,7 @@ class BoundaryNet(nn.Module):
         if self.backbone.training:
             self.backbone.eval()
         wanted = {i for i, _, _ in self.levels}
-        x = ((images - self.backbone.mean) / self.backbone.std).contiguous(memory_format=torch.channels_last)
+        x = self.backbone.normalise(images)
         out = []
         with torch.no_grad():
             for i, module in enumerate(self.backbone.body):

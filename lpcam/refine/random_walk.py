@@ -58,11 +58,10 @@ def shifted(x: Tensor, dy: int, dx: int, fill: float) -> Tensor:
 def affinities(boundary: Tensor, radius: int = 5) -> Tensor:
     """``(O, H, W)``: for each half-plane offset o = (dy, dx), the affinity between position
     (y, x) and (y + dy, x + dx), zero where the partner is outside the image."""
-    out = []
-    for (dy, dx), path in offsets(radius):
-        strongest = torch.stack([shifted(boundary, py, px, fill=1.0) for py, px in path]).amax(dim=0)
-        out.append(1.0 - strongest)
-    return torch.stack(out)
+    half = offsets(radius)
+    points = {point for _, path in half for point in path}  # paths share points: 162 for 2,134 path steps at radius 10
+    moved = {(py, px): shifted(boundary, py, px, fill=1.0) for py, px in points}
+    return torch.stack([1.0 - torch.stack([moved[point] for point in path]).amax(dim=0) for _, path in half])
 
 
 def random_walk(cams: Tensor, boundary: Tensor, beta: float = 10.0, exp_times: int = 8, radius: int = 5) -> Tensor:

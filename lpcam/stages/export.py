@@ -25,6 +25,7 @@ from torch import Tensor
 
 from lpcam.cache import tensors_digest, weights_digest
 from lpcam.cams.base import CamMethod
+from lpcam.cams.multiscale import uint8_pixels
 from lpcam.errors import InputError, MissingInput
 from lpcam.export.formats import FORMATS, ImageMaps, crf_available, make_format, read_irn, strided_size
 from lpcam.metrics.segmentation import SeedConfusion
@@ -158,18 +159,13 @@ class CamExporter(pl.LightningModule):
                     keys=keys.cpu().numpy().astype(np.int64),
                     high_res=high_res[j, keys].float().cpu().numpy(),
                     stride4=stride4[j, keys].float().cpu().numpy(),
-                    image=_uint8(images[j]) if any(wr.needs_image for wr in self.writers) else None,
+                    image=uint8_pixels(images[j]) if any(wr.needs_image for wr in self.writers) else None,
                 )
                 for writer in self.writers:
                     writer.write(self.directory, maps)
             self.written += len(todo)
         self.seconds += time.perf_counter() - t0
         return len(todo)
-
-
-def _uint8(image: Tensor) -> np.ndarray:
-    """A [0, 1] (3, H, W) image as (H, W, 3) uint8 RGB."""
-    return (image.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy()
 
 
 def export_identity(
