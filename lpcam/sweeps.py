@@ -150,11 +150,12 @@ def summary_table(groups: list[Group]) -> str:
 
 def plot_group_means(groups: list[Group], path: Path) -> Path:
     """Each group's best-threshold mIoU per method, the bar its mean and the whisker its std."""
-    methods = list(dict.fromkeys(m for g in groups for m in method_spreads(g)))
+    per_group = [method_spreads(g) for g in groups]  # once per group, not once per method and group
+    methods = list(dict.fromkeys(m for spreads in per_group for m in spreads))
     width = 0.8 / len(methods)
     fig, ax = plt.subplots(figsize=(max(5.5, 1.2 * len(groups) * len(methods) ** 0.5), 4.0))
     for i, m in enumerate(methods):
-        spreads = [method_spreads(g).get(m, {}).get("miou") for g in groups]
+        spreads = [g.get(m, {}).get("miou") for g in per_group]
         xs = [x + i * width for x, s in enumerate(spreads) if s]
         ax.bar(xs, [s.mean for s in spreads if s], width, yerr=[s.std for s in spreads if s], capsize=3, label=m)
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(groups))], [g.label for g in groups], rotation=30, ha="right", fontsize=7)
